@@ -1,0 +1,269 @@
+"""One config system: dataclasses, YAML presets, ``--set key=value`` overrides.
+
+* Every configurable object is a (possibly nested) dataclass whose fields carry ``help`` metadata (see :func:`opt`).
+* :func:`from_dict` builds one from plain data; an unknown key is a :class:`~iqvae.errors.ConfigError` that names the
+  key and lists the valid ones; a value of the wrong type or outside its choices is an error too.
+* :func:`apply_overrides` applies ``a.b=value`` strings (values parsed as YAML scalars: ``1e-4``, ``true``, ``[1, 2]``).
+* :func:`describe` lists every option with its default and help, for ``--help``.
+* Presets are YAML files in ``iqvae/presets``; a preset holds one mapping per section (``tokenizer``, ``transformer``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with help text (shown by ``--help`` and ``iqvae presets``)."""
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (tuple, list):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it converted (int -> float, list -> tuple)."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"option '{where}' expects a mapping of {tp.__name__} options, got {value!r}")
+        return from_dict(tp, value, where + ".")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"option '{where}' must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"option '{where}' expects {_type_name(tp)}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"option '{where}' expects {_type_name(tp)}, got {value!r}")
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"option '{where}' expects true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"option '{where}' expects an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"option '{where}' expects a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"option '{where}' expects a string, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"option '{where}' expects a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrongly typed values are errors."""
+    data = dict(data or {})
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown option '{where}{unknown[0]}'; valid options here: {', '.join(where + n for n in names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], where + k) for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field without a default
+        raise ConfigError(f"incomplete options for '{where or cls.__name__}': {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) for JSON / YAML."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(obj: T, overrides: typing.Iterable[str]) -> T:
+    """Return a copy of ``obj`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    data = to_dict(obj)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        _check_path(type(obj), key)
+        _set_path(data, key, value)
+    return from_dict(type(obj), data)
+
+
+def _check_path(cls: type, key: str) -> None:
+    cur: Any = cls
+    done = []
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cur):
+            raise ConfigError(f"unknown option '{key}': '{'.'.join(done)}' has no sub-options")
+        hints = _hints(cur)
+        if part not in hints:
+            prefix = ".".join(done) + "." if done else ""
+            valid = ", ".join(prefix + f.name for f in dataclasses.fields(cur))
+            raise ConfigError(f"unknown option '{key}'; valid options here: {valid}")
+        done.append(part)
+        cur = hints[part]
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf option as (key, type, default, help)."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((prefix + f.name, _type_name(tp), to_dict(default), f.metadata.get("help", "")))
+    return rows
+
+
+def format_options(cls: type, prefix: str = "") -> str:
+    """Text block listing every option, for argparse epilogs."""
+    lines = []
+    for key, tp, default, help_ in describe(cls, prefix):
+        lines.append(f"  {key} ({tp}, default {default!r})")
+        if help_:
+            lines.append(f"      {help_}")
+    return "\n".join(lines)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping at its top level")
+    return data
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset '{name}'; available: {', '.join(list_presets())}")
+    return load_yaml(path)
+
+
+def build_config(
+    cls: type[T],
+    section: str,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+) -> T:
+    """Defaults <- preset's ``section`` <- config file's ``section`` (or whole file) <- ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        pdata = load_preset(preset)
+        if section not in pdata:
+            raise ConfigError(f"preset '{preset}' has no '{section}' section")
+        data = dict(pdata[section] or {})
+    if config_file is not None:
+        fdata = load_yaml(config_file)
+        fdata = fdata.get(section, fdata) if section in fdata else fdata
+        data = _deep_merge(data, fdata)
+    obj = from_dict(cls, data, "")
+    return apply_overrides(obj, list(overrides))
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
