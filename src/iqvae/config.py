@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,7 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "presets"
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
@@ -89,6 +91,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"option '{where}' expects an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"option '{where}' expects a number, got {value!r}")
         return float(value)

@@ -1,0 +1,138 @@
+"""``IQVAEPipeline``: condition in, diverse images out (Fig. 1 of the paper, inference path).
+
+condition --E_c + quantize--> condition tokens --transformer, top-k sampling--> image tokens
+          --codebook lookup, concat with condition features, D_x--> images
+
+A pipeline folder holds ``tokenizer/`` and ``transformer/`` checkpoints (safetensors + JSON constructor arguments),
+so loading needs no config file::
+
+    pipe = IQVAEPipeline.from_pretrained("runs/demo/seg")
+    images = pipe(condition, num_images=4, top_k=100, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .config import to_dict
+from .errors import CheckpointError, DataError, IQVAEError
+from .sampling import generate, validate_sampling_args
+
+
+class IQVAEPipeline:
+    def __init__(self, tokenizer: torch.nn.Module, transformer: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.tokenizer = tokenizer.to(device).eval()
+        self.transformer = transformer.to(device).eval()
+        self.device = torch.device(device)
+        n_cond = transformer.config.n_cond
+        n_image = transformer.config.n_image
+        expect = int(torch.tensor(tokenizer.tokens_shape).prod())
+        if n_image != expect:
+            raise CheckpointError(
+                f"transformer expects {n_image} image tokens but the tokenizer makes {expect} ({tokenizer.tokens_shape})"
+            )
+        if transformer.config.image_vocab != tokenizer.num_image_codes:
+            raise CheckpointError("transformer and tokenizer disagree on the image vocabulary size "
+                                  f"({transformer.config.image_vocab} vs {tokenizer.num_image_codes})")
+        self.n_cond = n_cond
+
+    # ---- loading / saving -------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "IQVAEPipeline":
+        from .train.tokenizer import load_tokenizer
+        from .train.transformer import load_transformer
+
+        path = Path(path)
+        for sub in ("tokenizer", "transformer"):
+            if not (path / sub).is_dir():
+                raise CheckpointError(f"'{path}' is not a pipeline folder: '{sub}/' is missing")
+        return cls(load_tokenizer(path / "tokenizer"), load_transformer(path / "transformer"), device)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        from .train.tokenizer import MODEL_KIND as TOK_KIND
+        from .train.transformer import MODEL_KIND as GPT_KIND
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tok_header = {"model": self.tokenizer.config_dict(), "data": to_dict(getattr(self.tokenizer, "data_config", None))}
+        save_checkpoint(path / "tokenizer", kind=TOK_KIND, config=tok_header, model_state=self.tokenizer.state_dict())
+        gpt_header = {"model": to_dict(self.transformer.config), "codes": getattr(self.transformer, "codes_meta", {})}
+        save_checkpoint(path / "transformer", kind=GPT_KIND, config=gpt_header, model_state=self.transformer.state_dict())
+        return path
+
+    # ---- inference ---------------------------------------------------------------------------------------------
+    @property
+    def cond_spec(self):
+        return self.tokenizer.cond_spec
+
+    @property
+    def resolution(self) -> int:
+        return int(self.tokenizer.config.resolution)
+
+    def _batch_condition(self, condition: torch.Tensor) -> torch.Tensor:
+        if not isinstance(condition, torch.Tensor):
+            raise DataError(f"condition must be a tensor for modality '{self.cond_spec.modality}', got {type(condition).__name__}")
+        single_ndim = {"seg": 2, "edge": 3, "keypoints": 3, "layout": 3, "text": 1, "audio": 2}[self.cond_spec.modality]
+        if condition.ndim == single_ndim:
+            condition = condition.unsqueeze(0)
+        if condition.ndim != single_ndim + 1:
+            self.cond_spec.check(condition, self.resolution, "condition")  # raises with the expected shape
+        for i in range(condition.shape[0]):
+            self.cond_spec.check(condition[i].cpu(), self.resolution, f"condition {i}")
+        return condition.to(self.device)
+
+    @torch.inference_mode()
+    def condition_tokens(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flattened condition tokens (B, n_cond), condition indices in the tokenizer's grid shape)."""
+        cond = self._batch_condition(condition)
+        cond_idx = self.tokenizer.encode_condition(cond)[0]
+        return cond_idx.reshape(cond_idx.shape[0], -1), cond_idx
+
+    @torch.inference_mode()
+    def __call__(self, condition: torch.Tensor, num_images: int = 4, *, top_k: int | None = 100,
+                 top_p: float | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 output_type: Literal["pil", "pt"] = "pil") -> Any:
+        """Sample ``num_images`` images for each condition.
+
+        Returns a list (one per condition) of lists of PIL images, or with ``output_type="pt"`` a tensor
+        (B, num_images, 3, H, W) in [-1, 1].
+        """
+        if num_images < 1:
+            raise IQVAEError(f"num_images must be at least 1, got {num_images}")
+        if output_type not in ("pil", "pt"):
+            raise IQVAEError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        validate_sampling_args(top_k, top_p, temperature)
+        cond_tokens, cond_idx = self.condition_tokens(condition)
+        b = cond_tokens.shape[0]
+        cond_tokens = cond_tokens.repeat_interleave(num_images, 0)
+        cond_idx = cond_idx.repeat_interleave(num_images, 0)
+        tokens = generate(self.transformer, cond_tokens, top_k=top_k, top_p=top_p, temperature=temperature,
+                          generator=generator)
+        img_idx = tokens.reshape(tokens.shape[0], *self.tokenizer.tokens_shape)
+        images = self.tokenizer.decode_indices(img_idx, cond_idx).clamp(-1, 1)
+        images = images.reshape(b, num_images, *images.shape[1:]).float().cpu()
+        if output_type == "pt":
+            return images
+        from .viz import to_pil
+
+        return [to_pil(images[i]) for i in range(b)]
+
+
+def copy_pipeline(src_tokenizer: str | Path, src_transformer: str | Path, dest: str | Path) -> Path:
+    """Assemble a pipeline folder from a tokenizer and a transformer checkpoint folder (copies the files)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, name in ((Path(src_tokenizer), "tokenizer"), (Path(src_transformer), "transformer")):
+        if (src / name).is_dir():
+            src = src / name
+        if not (src / "config.json").is_file():
+            raise CheckpointError(f"'{src}' is not a {name} checkpoint folder")
+        if (dest / name).exists():
+            shutil.rmtree(dest / name)
+        shutil.copytree(src, dest / name)
+    return dest

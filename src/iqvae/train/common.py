@@ -1,0 +1,244 @@
+"""What both training loops share: deterministic batches by step, logs, learning-rate schedule, run folders.
+
+Exact resume rests on two facts: the indices of the batch of step ``s`` are a pure function of (seed, s) (see
+:func:`batch_indices`), and every other source of randomness is the global torch RNG whose state goes into the
+checkpoint.  A run killed at any moment and resumed from its last checkpoint therefore replays the same steps.
+
+Multi-process training (``accelerate launch``) shards the *global* batch of each step by rank, so ``batch_size``
+means the global batch and N processes compute the same step as one process on the concatenated batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import opt
+from ..errors import ConfigError
+
+
+@dataclass
+class LoopConfig:
+    """Options common to both training commands."""
+
+    steps: int = opt(2000, "optimizer steps in all (the paper trains by epochs: set `epochs` to use that instead)")
+    epochs: float | None = opt(None, "if set, steps = ceil(epochs * train items / batch_size)")
+    batch_size: int = opt(32, "global batch size (split across processes)")
+    lr: float = opt(1.5e-4, "peak learning rate (paper: 1.5e-4)")
+    beta1: float = opt(0.9, "AdamW beta1 (paper: 0.9)")
+    beta2: float = opt(0.95, "AdamW beta2 (paper: 0.95)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear learning-rate warm-up steps")
+    lr_schedule: str = opt("constant", "constant | cosine (decay to lr_min after warm-up)")
+    lr_min: float = opt(0.0, "final learning rate of the cosine schedule")
+    grad_clip: float | None = opt(None, "clip the global gradient norm to this value")
+    grad_accum: int = opt(1, "gradient accumulation steps (accelerate)")
+    mixed_precision: str = opt("no", "no | bf16 | fp16 autocast (GPU)")
+    seed: int = opt(0, "seed of the batch order and of torch's RNG")
+    log_every: int = opt(10, "write a CSV / TensorBoard row every N steps")
+    checkpoint_every: int = opt(200, "save a resumable checkpoint every N steps (and at the end)")
+    image_every: int = opt(500, "save an image grid every N steps (0: never)")
+    val_every: int = opt(0, "validate every N steps (0: only at the end)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N (single process; accelerate picks devices itself)")
+    threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
+    tensorboard: bool = opt(True, "also write TensorBoard logs when the tensorboard package is installed")
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"option 'train.{name}' must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"option 'train.lr' must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"option 'train.lr_schedule' must be constant or cosine, got {self.lr_schedule!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"option 'train.mixed_precision' must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"option 'train.epochs' must be positive, got {self.epochs}")
+
+    def total_steps(self, num_items: int) -> int:
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * num_items / self.batch_size))
+
+
+def batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> list[int]:
+    """Indices of the global batch of ``step``: consecutive slices of one seeded permutation per epoch."""
+    if num_items < 1:
+        raise ConfigError("the training split is empty")
+    out: list[int] = []
+    pos = step * batch_size
+    perm_epoch, perm = -1, None
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, num_items)
+        if epoch != perm_epoch:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perm = torch.randperm(num_items, generator=g).tolist()
+            perm_epoch = epoch
+        take = min(batch_size - len(out), num_items - offset)
+        out.extend(perm[offset:offset + take])  # type: ignore[index]
+        pos += take
+    return out
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's part of a global batch (contiguous, equal sizes)."""
+    if len(indices) % world:
+        raise ConfigError(f"batch_size {len(indices)} is not divisible by the number of processes ({world})")
+    per = len(indices) // world
+    return indices[rank * per:(rank + 1) * per]
+
+
+class StepBatches(torch.utils.data.Sampler[list[int]]):
+    """A batch sampler yielding this process's share of the global batch of steps start, start+1, ... end-1."""
+
+    def __init__(self, start: int, end: int, batch_size: int, num_items: int, seed: int, rank: int = 0, world: int = 1):
+        self.start, self.end = start, end
+        self.batch_size, self.num_items, self.seed = batch_size, num_items, seed
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.end):
+            yield shard(batch_indices(step, self.batch_size, self.num_items, self.seed), self.rank, self.world)
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def lr_at(step: int, cfg: LoopConfig, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(1, total - cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+    return cfg.lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class RunLog:
+    """CSV log (always) and TensorBoard (if installed and enabled); appends on resume, truncating later rows."""
+
+    def __init__(self, run_dir: Path, name: str, *, resume_step: int | None, tensorboard: bool, enabled: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / f"{name}.csv"
+        self.fields: list[str] | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = [r for r in reader if int(r["step"]) < resume_step]
+            self._rewrite()
+        elif self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb" / name), purge_step=resume_step)
+            except ImportError:
+                self.tb = None
+
+    def _rewrite(self) -> None:
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields or ["step"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: float(v) for k, v in values.items()}}
+        if self.fields is None or any(k not in self.fields for k in row):
+            self.fields = list(dict.fromkeys((self.fields or []) + list(row)))
+            self.rows.append(row)
+            self._rewrite()
+        else:
+            self.rows.append(row)
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_log(path: str | Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"option 'train.device' is {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def make_accelerator(cfg: LoopConfig):
+    """An accelerate Accelerator for this run (one process unless started with ``accelerate launch``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    mp = cfg.mixed_precision if not cpu else "no"
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mp,
+        gradient_accumulation_steps=cfg.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    return info
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0

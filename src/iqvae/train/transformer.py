@@ -1,0 +1,198 @@
+"""Stage 2: train the conditional transformer on token codes (Eq. 4), with Gumbel sampling (Sec. 3.3).
+
+Reads only what ``iqvae encode`` wrote (never runs the tokenizer).  Run folder layout::
+
+    config.yaml            the resolved configuration
+    checkpoints/last/      resumable: model, optimizer, RNG state, step
+    transformer/           the final model (safetensors + JSON with every constructor argument)
+    transformer.csv, tb/   per-step loss, lr, Gumbel statistics (candidates, replaced fraction, tau)
+    report.json            validation NLL in bits per token, timings
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..codes import load_codebooks, load_codes, read_codes_meta
+from ..config import from_dict, opt, to_dict
+from ..errors import CheckpointError, ConfigError
+from ..models.gpt import GPT, GPTConfig
+from .common import LoopConfig, RunLog, Timer, batch_indices, lr_at, machine_info, make_accelerator, set_lr, shard, write_json
+from .gumbel import GumbelConfig, training_loss
+
+TRAIN_KIND = "iqvae-transformer-train"
+MODEL_KIND = "iqvae-transformer"
+
+
+@dataclass
+class GPTSize:
+    """Transformer size; vocabularies and sequence lengths come from the token codes."""
+
+    n_layer: int = opt(4, "transformer blocks (paper: 24)")
+    n_head: int = opt(4, "attention heads")
+    n_embd: int = opt(128, "width (paper: 1024)")
+    dropout: float = opt(0.0, "dropout in attention and MLP")
+    bias: bool = opt(True, "bias in linear layers and LayerNorm")
+
+
+@dataclass
+class TransformerRunConfig:
+    codes: str = opt("", "folder written by `iqvae encode` (set by --codes)")
+    model: GPTSize = field(default_factory=GPTSize)
+    gumbel: GumbelConfig = field(default_factory=GumbelConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    val_batches: int = opt(8, "validation batches for the NLL (0: the whole split)")
+
+    def validate(self) -> None:
+        if self.val_batches < 0:
+            raise ConfigError(f"option 'val_batches' must be >= 0, got {self.val_batches}")
+
+
+def gpt_config(size: GPTSize, meta: dict[str, Any]) -> GPTConfig:
+    return GPTConfig(cond_vocab=meta["cond_vocab"], image_vocab=meta["image_vocab"], n_cond=meta["n_cond"],
+                     n_image=meta["n_image"], n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
+                     dropout=size.dropout, bias=size.bias)
+
+
+def load_transformer(path: str | Path, device: Any = "cpu") -> GPT:
+    path = Path(path)
+    if (path / "transformer").is_dir():
+        path = path / "transformer"
+    ck = load_checkpoint(path, MODEL_KIND)
+    model = GPT(from_dict(GPTConfig, ck.config["model"]))
+    try:
+        model.load_state_dict(ck.model_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{path}' do not fit its config: {str(e).splitlines()[0]}") from None
+    model.codes_meta = ck.config.get("codes", {})  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def validation_nll(model: torch.nn.Module, cond: torch.Tensor, image: torch.Tensor, *, batch_size: int,
+                   max_batches: int = 0, device: Any = "cpu") -> float:
+    """Mean negative log-likelihood of the image tokens in bits per token."""
+    model.eval()
+    total, count = 0.0, 0
+    n = image.shape[0]
+    for b, i in enumerate(range(0, n, batch_size)):
+        if max_batches and b >= max_batches:
+            break
+        c, x = cond[i:i + batch_size].to(device), image[i:i + batch_size].to(device)
+        logits = model(c, x)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
+        count += x.numel()
+    model.train()
+    return total / max(count, 1) / math.log(2)
+
+
+def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                      stop_after: int | None = None) -> Path:
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    t = cfg.train
+    if not cfg.codes:
+        raise ConfigError("no token codes given: pass --codes DIR (written by `iqvae encode`)")
+    acc = make_accelerator(t)
+    main = acc.is_main_process
+    say = (lambda msg: tqdm.write(f"[transformer] {msg}")) if main else (lambda msg: None)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    last = run_dir / "checkpoints" / "last"
+    if resume:
+        if not last.is_dir():
+            raise CheckpointError(f"--resume: no checkpoint at '{last}'")
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if saved != to_dict(cfg):
+            raise ConfigError(f"--resume: the configuration differs from the one saved in '{run_dir / 'config.yaml'}'")
+    elif last.exists():
+        raise ConfigError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    meta = read_codes_meta(cfg.codes)
+    train = load_codes(cfg.codes, "train")
+    val = load_codes(cfg.codes, "val") if "val" in meta["splits"] else None
+    codebook = load_codebooks(cfg.codes)["image"]
+    torch.manual_seed(t.seed)
+    mcfg = gpt_config(cfg.model, meta)
+    model = GPT(mcfg)
+    optimizer = model.configure_optimizer(t.lr, (t.beta1, t.beta2), t.weight_decay)
+    total = t.total_steps(len(train))
+    start = 0
+    if resume:
+        ck = load_checkpoint(last, TRAIN_KIND, with_train_state=True)
+        model.load_state_dict(ck.train_state["model"])
+        optimizer.load_state_dict(ck.train_state["opt"])
+        set_rng_state(ck.train_state["rng"])
+        start = int(ck.train_state["step"])
+        say(f"resumed at step {start} of {total}")
+    model, optimizer = acc.prepare(model, optimizer)
+    raw: GPT = acc.unwrap_model(model)
+    codebook = codebook.to(acc.device)
+    header = {"model": to_dict(mcfg), "codes": meta}
+    log = RunLog(run_dir, "transformer", resume_step=start if resume else None, tensorboard=t.tensorboard, enabled=main)
+
+    def save(step: int) -> None:
+        acc.wait_for_everyone()
+        if main:
+            state = {"model": raw.state_dict(), "opt": optimizer.state_dict(), "rng": rng_state(), "step": step}
+            save_checkpoint(last, kind=TRAIN_KIND, config=header, model_state=raw.state_dict(),
+                            meta={"step": step, "total": total}, train_state=state)
+
+    timer = Timer()
+    bar = tqdm(total=total, initial=start, desc="transformer", disable=not (progress and main), dynamic_ncols=True)
+    model.train()
+    for step in range(start, total):
+        idx = shard(batch_indices(step, t.batch_size, len(train), t.seed), acc.process_index, acc.num_processes)
+        cond, image = train.cond[idx].to(acc.device), train.image[idx].to(acc.device)
+        lr = lr_at(step, t, total)
+        set_lr(optimizer, lr)
+        with acc.accumulate(model):
+            with acc.autocast():
+                loss, stats = training_loss(model, cond, image, step, cfg.gumbel, codebook)
+            acc.backward(loss)
+            if t.grad_clip and acc.sync_gradients:
+                acc.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if main and (done % t.log_every == 0 or done == total):
+            values = {"loss": float(loss), "lr": lr, **{k: float(v) for k, v in stats.items()}}
+            if t.val_every and val is not None and done % t.val_every == 0:
+                values["val_nll_bits"] = validation_nll(raw, val.cond, val.image, batch_size=t.batch_size,
+                                                        max_batches=cfg.val_batches, device=acc.device)
+            log.log(step, values)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.update(1)
+        if done % t.checkpoint_every == 0 or done == total:
+            save(done)
+        if stop_after is not None and done - start >= stop_after:
+            bar.close()
+            log.close()
+            return last
+    bar.close()
+    log.close()
+    acc.wait_for_everyone()
+    final = run_dir / "transformer"
+    if main:
+        save_checkpoint(final, kind=MODEL_KIND, config=header, model_state=raw.state_dict(),
+                        meta={"steps": total, "train_seconds": timer.elapsed()})
+        report: dict[str, Any] = {"train_seconds": timer.elapsed(), "steps": total, "params": raw.num_params(),
+                                  "machine": machine_info()}
+        if val is not None:
+            report["val_nll_bits_per_token"] = validation_nll(raw, val.cond, val.image, batch_size=t.batch_size,
+                                                              max_batches=cfg.val_batches, device=acc.device)
+            say(f"validation NLL: {report['val_nll_bits_per_token']:.4f} bits/token")
+        write_json(run_dir / "report.json", report)
+    return final
