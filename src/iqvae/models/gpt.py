@@ -1,0 +1,341 @@
+"""Conditional GPT for IQ-VAE's auto-regressive stage (paper Sec. 3.3, Eq. 4; Table 2).
+
+One readable model file in the spirit of nanoGPT's ``model.py``: a dataclass config, a GPT-2 style decoder (pre-LN,
+GELU MLP, learned absolute positions, ``scaled_dot_product_attention``) and no trainer imports.
+
+Sequence layout
+---------------
+The transformer sees ``[c_1 .. c_n, x_1 .. x_m]`` with ``n = n_cond`` condition tokens and ``m = n_image`` image
+tokens (paper preset: 256 + 256 = 512 = ``block_size``).  Condition and image tokens have separate embedding tables
+(``wte_cond``, ``wte_image``) because they index different codebooks; positions are shared (``wpe``).  The output head
+predicts image tokens only (``image_vocab`` classes): the hidden state at sequence position ``n_cond - 1 + j``
+predicts image token ``x_{j+1}`` (0-based: image token ``j``).  The last image token is never an input, so the
+longest sequence actually processed has ``block_size - 1`` positions; ``wpe`` still has ``block_size`` rows (the last
+row is unused; kept so the table size equals the paper's sequence length).
+
+Training contract
+-----------------
+``logits = model(cond, image)`` has shape ``(B, t, image_vocab)`` and ``logits[:, j]`` is the distribution of
+``image[:, j]`` given ``cond`` and ``image[:, :j]``.  Internally the model consumes ``cond`` and ``image[:, :t-1]``
+(the last column of ``image`` is only a target), so the training loss is simply::
+
+    F.cross_entropy(logits.reshape(-1, V), image.reshape(-1))
+
+and no loss is ever computed on condition tokens.
+
+Sampling entry points (used by :mod:`iqvae.sampling`)
+-----------------------------------------------------
+``prefill(cond, cache)`` runs the condition prefix and returns the logits of the first image token; ``decode(token,
+pos, cache)`` feeds one image token placed at absolute sequence position ``pos`` and returns the logits of the next
+image token; both are thin wrappers over ``forward_cached(embeds, start_pos, cache)``.  :class:`KVCache` preallocates
+``(n_layer, 2, B, n_head, block_size, head_dim)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import opt
+from ..errors import ConfigError, IQVAEError
+
+
+@dataclass
+class GPTConfig:
+    """Conditional GPT hyper-parameters; defaults are the paper preset (Table 2, GPT-2 medium shape)."""
+
+    cond_vocab: int = opt(1024, "number of condition codes (size of the condition codebook)")
+    image_vocab: int = opt(1024, "number of image codes (size of the image codebook; Table 2: 1024)")
+    n_cond: int = opt(256, "condition tokens per sample (16x16 condition code map = 256)")
+    n_image: int = opt(256, "image tokens per sample (16x16 image code map = 256)")
+    n_layer: int = opt(24, "transformer blocks (Table 2: 24)")
+    n_head: int = opt(16, "attention heads per block (not in the paper; GPT-2 medium uses 16 at width 1024)")
+    n_embd: int = opt(1024, "model width (Table 2 'embedding number': 1024)")
+    dropout: float = opt(0.0, "dropout on embeddings, attention weights and residual branches")
+    bias: bool = opt(True, "use biases in Linear and LayerNorm layers (GPT-2: true)")
+
+    @property
+    def block_size(self) -> int:
+        """Full sequence length n_cond + n_image (paper: 512)."""
+        return self.n_cond + self.n_image
+
+    def validate(self) -> None:
+        for name in ("cond_vocab", "image_vocab", "n_cond", "n_image", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"option '{name}' must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"option 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head}) so every head has "
+                "the same width"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"option 'dropout' must be in [0, 1), got {self.dropout!r}")
+
+
+class KVCache:
+    """Preallocated key/value cache: ``kv[layer, 0|1]`` has shape ``(B, n_head, block_size, head_dim)``.
+
+    The cache holds no position counter: callers pass the absolute ``start_pos`` of what they feed (pure-function style,
+    as in LlamaGen).  Entries at positions ``>= start_pos + T`` are never read by a call that writes ``[start_pos,
+    start_pos + T)``.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype: torch.dtype = torch.float32):
+        if batch_size < 1:
+            raise IQVAEError(f"KVCache batch_size must be >= 1, got {batch_size}")
+        self.config = config
+        self.batch_size = batch_size
+        head_dim = config.n_embd // config.n_head
+        self.kv = torch.zeros(
+            (config.n_layer, 2, batch_size, config.n_head, config.block_size, head_dim), device=device, dtype=dtype
+        )
+
+    def layer(self, i: int) -> torch.Tensor:
+        return self.kv[i]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, layer_cache: torch.Tensor | None = None, start_pos: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        if layer_cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            end = start_pos + T
+            layer_cache[0, :, :, start_pos:end] = k
+            layer_cache[1, :, :, start_pos:end] = v
+            keys, values = layer_cache[0, :, :, :end], layer_cache[1, :, :, :end]
+            if T == 1:  # a single query sees every cached key
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p)
+            elif start_pos == 0:
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p, is_causal=True)
+            else:  # T queries at positions start_pos.. attend to keys at positions <= their own
+                qpos = torch.arange(start_pos, end, device=x.device)[:, None]
+                kpos = torch.arange(end, device=x.device)[None, :]
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=kpos <= qpos, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, layer_cache: torch.Tensor | None = None, start_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer_cache, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Conditional decoder-only transformer over ``[condition tokens, image tokens]``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.wte_cond = nn.Embedding(config.cond_vocab, config.n_embd)
+        self.wte_image = nn.Embedding(config.image_vocab, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.image_vocab, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2: scale residual output projections by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; ``non_embedding=True`` leaves out the three lookup tables (wte_cond, wte_image, wpe).
+
+        The non-embedding count is the one whose ``2 * N`` approximates matmul FLOPs per token (it includes lm_head).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte_cond.weight.numel() + self.wte_image.weight.numel() + self.wpe.weight.numel()
+        return n
+
+    def param_groups(self, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+        """AdamW groups: decay every >=2-D weight of a Linear layer; never biases or LayerNorm gains.
+
+        Embedding tables are >=2-D but NOT decayed by default, as in minGPT (the paper's code base, footnote 4) and
+        taming-transformers; ``decay_embeddings=True`` gives nanoGPT's rule (decay every >=2-D parameter).
+        """
+        embedding_ids = {id(m.weight) for m in (self.wte_cond, self.wte_image, self.wpe)}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            if p.dim() >= 2 and (decay_embeddings or id(p) not in embedding_ids):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        return [
+            {"params": decay, "weight_decay": float(weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizer(
+        self,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.01,
+        *,
+        decay_embeddings: bool = False,
+    ) -> torch.optim.AdamW:
+        """AdamW (paper Sec. 4.1: lr 1.5e-4, betas (0.9, 0.95)) with the groups of :meth:`param_groups`."""
+        if not lr > 0:
+            raise IQVAEError(f"configure_optimizer: lr must be > 0, got {lr!r}")
+        if weight_decay < 0:
+            raise IQVAEError(f"configure_optimizer: weight_decay must be >= 0, got {weight_decay!r}")
+        return torch.optim.AdamW(self.param_groups(weight_decay, decay_embeddings), lr=lr, betas=tuple(betas))
+
+    # ------------------------------------------------------------------ input checks
+    def _check_tokens(self, name: str, ids: torch.Tensor, shape: tuple, vocab: int) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise IQVAEError(f"'{name}' must be an integer tensor of token ids, got {got}")
+        if ids.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, ids.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise IQVAEError(f"'{name}' must have shape {want}, got {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise IQVAEError(
+                f"'{name}' ids must lie in [0, {vocab - 1}] (vocabulary of {vocab}), got range "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
+
+    def check_cond(self, cond: torch.Tensor) -> None:
+        self._check_tokens("cond", cond, (None, self.config.n_cond), self.config.cond_vocab)
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_image_soft(self, probs: torch.Tensor) -> torch.Tensor:
+        """Embedding of a (soft or one-hot) distribution over image codes: ``probs @ wte_image.weight``."""
+        if probs.shape[-1] != self.config.image_vocab:
+            raise IQVAEError(
+                f"'probs' last dimension must be image_vocab={self.config.image_vocab}, got {tuple(probs.shape)}"
+            )
+        return probs.to(self.wte_image.weight.dtype) @ self.wte_image.weight
+
+    def _trunk(self, x: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+        """Add positions [start_pos, start_pos + T), run the blocks and the final LayerNorm."""
+        T = x.shape[1]
+        pos = torch.arange(start_pos, start_pos + T, device=x.device)
+        x = self.drop(x + self.wpe(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layer(i), start_pos)
+        return self.ln_f(x)
+
+    # ------------------------------------------------------------------ training path
+    def forward(
+        self, cond: torch.Tensor, image: torch.Tensor, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``(B, t, image_vocab)``; ``logits[:, j]`` predicts ``image[:, j]`` from cond and ``image[:, :j]``.
+
+        ``image`` is ``(B, t)`` with ``1 <= t <= n_image``; only ``image[:, :t-1]`` is fed to the network.
+        ``image_embeds`` ``(B, t, n_embd)``, if given, replaces the image token embeddings (again only the first
+        ``t - 1`` rows are used); Gumbel sampling passes soft / straight-through sample embeddings this way.
+        """
+        cfg = self.config
+        self.check_cond(cond)
+        B = cond.shape[0]
+        self._check_tokens("image", image, (B, None), cfg.image_vocab)
+        t = image.shape[1]
+        if not 1 <= t <= cfg.n_image:
+            raise IQVAEError(f"'image' must have between 1 and n_image={cfg.n_image} tokens, got {t}")
+        if image_embeds is None:
+            img = self.wte_image(image[:, : t - 1])
+        else:
+            if tuple(image_embeds.shape) != (B, t, cfg.n_embd):
+                raise IQVAEError(
+                    f"'image_embeds' must have shape ({B}, {t}, {cfg.n_embd}) to match 'image', "
+                    f"got {tuple(image_embeds.shape)}"
+                )
+            img = image_embeds[:, : t - 1]
+        x = torch.cat([self.wte_cond(cond), img], dim=1)
+        h = self._trunk(x, 0, None)
+        return self.lm_head(h[:, cfg.n_cond - 1 :])
+
+    # ------------------------------------------------------------------ cached path (sampling)
+    def forward_cached(self, embeds: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
+        """Run ``embeds`` ``(B, T, n_embd)`` at positions ``[start_pos, start_pos+T)``; returns logits ``(B, T, V)``.
+
+        Keys/values of those positions are written into ``cache``; earlier positions are read from it.
+        """
+        B, T, _ = embeds.shape
+        if cache.batch_size != B:
+            raise IQVAEError(f"KV cache was allocated for batch {cache.batch_size}, got a batch of {B}")
+        if start_pos < 0 or start_pos + T > self.config.block_size:
+            raise IQVAEError(
+                f"cached positions [{start_pos}, {start_pos + T}) must lie within block_size={self.config.block_size}"
+            )
+        return self.lm_head(self._trunk(embeds, start_pos, cache))
+
+    def prefill(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed the condition prefix; returns the logits ``(B, V)`` of the first image token."""
+        self.check_cond(cond)
+        h = self._trunk(self.wte_cond(cond), 0, self._checked_cache(cache, cond.shape[0]))
+        return self.lm_head(h[:, -1])
+
+    def decode(self, token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+        """Feed one image token ``(B, 1)`` at absolute sequence position ``pos`` (``n_cond + j`` for image token j);
+        returns the logits ``(B, V)`` of the image token at position ``pos + 1``.
+
+        Hot path: shape and position are checked but ids are not range-checked (that would sync a GPU every token).
+        """
+        if token.dim() != 2 or token.shape[1] != 1:
+            raise IQVAEError(f"'token' must have shape (B, 1), got {tuple(token.shape)}")
+        if not self.config.n_cond <= pos < self.config.block_size - 1:
+            raise IQVAEError(
+                f"decode position must be in [{self.config.n_cond}, {self.config.block_size - 2}], got {pos}"
+            )
+        return self.forward_cached(self.wte_image(token), pos, cache)[:, -1]
+
+    def _checked_cache(self, cache: KVCache, batch: int) -> KVCache:
+        if cache.batch_size != batch:
+            raise IQVAEError(f"KV cache was allocated for batch {cache.batch_size}, got a batch of {batch}")
+        return cache

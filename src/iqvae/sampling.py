@@ -1,0 +1,153 @@
+"""Auto-regressive sampling of image tokens (paper Sec. 3.3: top-k sampling with k = 100).
+
+Pure functions in the style of LlamaGen's ``generate.py``: :func:`generate` runs a prefill over the condition tokens
+and then a decode loop over a preallocated static KV cache (:class:`iqvae.models.gpt.KVCache`);
+:func:`generate_reference` recomputes the whole sequence with the training ``forward`` at every step (no cache) and
+makes the same sampling calls in the same order, so for the same generator state both return the same tokens.
+
+Conventions
+-----------
+* Temperature is applied first (``logits / temperature``), then top-k, then top-p on the top-k survivors.
+* top-k keeps every logit ``>=`` the k-th largest (ties at the k-th value are all kept); ``top_k`` larger than the
+  vocabulary is clamped to the vocabulary size (i.e. no filtering).
+* top-p keeps the smallest set of most-likely tokens whose probability mass reaches ``top_p``: a token is kept iff the
+  mass of the tokens ranked strictly before it is ``< top_p`` (the most likely token is always kept); ``top_p=1``
+  disables the filter.
+* A token is drawn by inverse-CDF sampling with one uniform per row from ``generator`` (``torch.rand`` on the
+  generator's device), so runs are reproducible and the two sampling paths consume random numbers identically.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import IQVAEError
+
+
+def validate_sampling_args(top_k: int | None, top_p: float | None, temperature: float) -> None:
+    """Raise :class:`IQVAEError` naming the argument when top_k < 1, top_p outside (0, 1] or temperature <= 0."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise IQVAEError(f"top_k must be an integer >= 1 (or None to disable), got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < float(top_p) <= 1.0):
+        raise IQVAEError(f"top_p must be in (0, 1] (or None to disable), got {top_p!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise IQVAEError(f"temperature must be a number > 0, got {temperature!r}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Return a copy of ``logits`` (..., V) with filtered-out entries set to ``-inf`` (top-k first, then top-p)."""
+    out = logits.clone()
+    V = out.shape[-1]
+    if top_k is not None and top_k < V:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+def sample_next(
+    logits: torch.Tensor,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token per row of ``logits`` ``(B, V)``; returns ``(B,)`` int64."""
+    if logits.dim() != 2:
+        raise IQVAEError(f"sample_next expects logits of shape (B, V), got {tuple(logits.shape)}")
+    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    device = generator.device if generator is not None else probs.device
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=device).to(probs.device)
+    cdf = torch.cumsum(probs, dim=-1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.clamp_(max=probs.shape[-1] - 1).squeeze(1)
+
+
+def _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits):
+    """Shared loop: ``step_logits(j, tokens, state)`` gives the logits of image token j; sampling is identical."""
+    validate_sampling_args(top_k, top_p, temperature)
+    model.check_cond(cond)
+    cfg = model.config
+    B = cond.shape[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            tokens = torch.zeros((B, cfg.n_image), dtype=torch.long, device=cond.device)
+            all_logits = None
+            if return_logits:
+                all_logits = torch.empty((B, cfg.n_image, cfg.image_vocab), device=cond.device)
+            state: dict = {}
+            for j in range(cfg.n_image):
+                logits = step_logits(j, tokens, state)
+                if return_logits:
+                    all_logits[:, j] = logits
+                tokens[:, j] = sample_next(logits, top_k, top_p, temperature, generator)
+    finally:
+        model.train(was_training)
+    # clone outside inference mode: callers may use the results in autograd-tracked code
+    tokens = tokens.clone()
+    return (tokens, all_logits.clone()) if return_logits else tokens
+
+
+def generate(
+    model,
+    cond: torch.Tensor,
+    *,
+    top_k: int | None = 100,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+):
+    """Sample ``(B, n_image)`` image tokens for ``cond`` ``(B, n_cond)``: prefill + decode over a static KV cache.
+
+    Runs under ``torch.inference_mode``; the model is put in eval mode for the call and its previous mode restored.
+    With ``return_logits`` also returns the raw (pre-temperature, unfiltered) logits ``(B, n_image, V)`` of every
+    step.  Returned tensors are ordinary (non-inference) tensors.
+    """
+    from .models.gpt import KVCache
+
+    cfg = model.config
+
+    def step_logits(j, tokens, state):
+        if j == 0:
+            dtype = next(model.parameters()).dtype
+            state["cache"] = KVCache(cfg, cond.shape[0], device=cond.device, dtype=dtype)
+            return model.prefill(cond, state["cache"])
+        return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"])
+
+    return _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits)
+
+
+def generate_reference(
+    model,
+    cond: torch.Tensor,
+    *,
+    top_k: int | None = 100,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+):
+    """Cache-free reference for :func:`generate`: step j runs ``model(cond, tokens[:, :j+1])`` from scratch.
+
+    O(n^2) work per token; for tests and benchmarks only.  The placeholder at column j is never fed to the network
+    (the training forward only consumes ``image[:, :t-1]``).  Same sampling calls in the same order as
+    :func:`generate`, so the same generator state gives the same tokens.
+    """
+
+    def step_logits(j, tokens, state):
+        return model(cond, tokens[:, : j + 1])[:, -1]
+
+    return _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits)
+
+
+__all__ = ["filter_logits", "generate", "generate_reference", "sample_next", "validate_sampling_args"]

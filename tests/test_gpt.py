@@ -1,0 +1,197 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iqvae.config import from_dict, to_dict
+from iqvae.errors import ConfigError, IQVAEError
+from iqvae.models.gpt import GPT, GPTConfig, KVCache
+
+
+def tiny(**kw) -> GPTConfig:
+    base = dict(cond_vocab=11, image_vocab=13, n_cond=5, n_image=7, n_layer=2, n_head=2, n_embd=16)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def batch(cfg: GPTConfig, B: int = 3, t: int | None = None):
+    cond = torch.randint(0, cfg.cond_vocab, (B, cfg.n_cond))
+    image = torch.randint(0, cfg.image_vocab, (B, t or cfg.n_image))
+    return cond, image
+
+
+def test_paper_preset_defaults():
+    cfg = GPTConfig()
+    assert (cfg.n_layer, cfg.n_embd, cfg.image_vocab, cfg.block_size) == (24, 1024, 1024, 512)
+    assert (cfg.n_cond, cfg.n_image) == (256, 256)
+    # round trip through the shared config system
+    assert from_dict(GPTConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "kw, word",
+    [({"n_embd": 15}, "n_head"), ({"n_layer": 0}, "n_layer"), ({"dropout": 1.0}, "dropout"), ({"n_cond": 0}, "n_cond")],
+)
+def test_config_validation(kw, word):
+    with pytest.raises(ConfigError, match=word):
+        tiny(**kw).validate()
+    with pytest.raises(ConfigError, match=word):
+        from_dict(GPTConfig, to_dict(tiny(**kw)))
+
+
+def test_logits_shape_and_loss_contract():
+    cfg = tiny()
+    model = GPT(cfg)
+    cond, image = batch(cfg)
+    for t in (1, 4, cfg.n_image):
+        logits = model(cond, image[:, :t])
+        assert logits.shape == (3, t, cfg.image_vocab)
+    # oracle: a second, explicit implementation of the sequence layout
+    logits = model(cond, image)
+    x = torch.cat([model.wte_cond(cond), model.wte_image(image[:, :-1])], 1)
+    x = x + model.wpe(torch.arange(x.shape[1]))
+    for blk in model.blocks:
+        x = blk(x)
+    expect = model.lm_head(model.ln_f(x))[:, cfg.n_cond - 1 :]
+    torch.testing.assert_close(logits, expect, atol=1e-6, rtol=1e-5)
+
+
+def test_causality():
+    cfg = tiny()
+    model = GPT(cfg).eval()
+    cond, image = batch(cfg, B=2)
+    base = model(cond, image)
+    for j in range(cfg.n_image):
+        img2 = image.clone()
+        img2[:, j] = (img2[:, j] + 1) % cfg.image_vocab
+        out = model(cond, img2)
+        # logits[:, i] predicts token i from tokens < i: changing token j affects only positions > j
+        torch.testing.assert_close(out[:, : j + 1], base[:, : j + 1], atol=0, rtol=0)
+        if j < cfg.n_image - 1:
+            assert (out[:, j + 1 :] - base[:, j + 1 :]).abs().amax(-1).min() > 0
+    for i in range(cfg.n_cond):
+        c2 = cond.clone()
+        c2[:, i] = (c2[:, i] + 1) % cfg.cond_vocab
+        diff = (model(c2, image) - base).abs().amax(-1)
+        assert diff.min() > 0, f"changing condition token {i} must change every image logit"
+
+
+def test_loss_only_on_image_tokens():
+    """The loss is a function of image targets only: its gradient never touches the condition head, and
+    logits have exactly one row per image token."""
+    cfg = tiny()
+    model = GPT(cfg)
+    cond, image = batch(cfg)
+    logits = model(cond, image)
+    loss = F.cross_entropy(logits.reshape(-1, cfg.image_vocab), image.reshape(-1))
+    # brute force: sum of -log p(x_j | c, x_<j) over image tokens, each computed by a separate forward
+    nll = 0.0
+    for j in range(cfg.n_image):
+        lj = model(cond, image[:, : j + 1])[:, -1]
+        nll = nll + F.cross_entropy(lj, image[:, j], reduction="sum")
+    torch.testing.assert_close(loss, nll / image.numel(), atol=1e-5, rtol=1e-5)
+    # the last image token's embedding is never an input
+    loss.backward()
+    used_rows = set(image[:, :-1].flatten().tolist())
+    unused = [r for r in range(cfg.image_vocab) if r not in used_rows]
+    if unused:
+        assert model.wte_image.weight.grad[unused].abs().max() == 0
+
+
+def test_image_embeds_replaces_embeddings():
+    cfg = tiny()
+    model = GPT(cfg)
+    cond, image = batch(cfg)
+    emb = model.wte_image(image)
+    torch.testing.assert_close(model(cond, image, image_embeds=emb), model(cond, image), atol=0, rtol=0)
+    one_hot = F.one_hot(image, cfg.image_vocab).float()
+    torch.testing.assert_close(model.embed_image_soft(one_hot), emb, atol=1e-6, rtol=0)
+    # a soft mixture is the weighted sum of rows
+    probs = torch.softmax(torch.randn(3, cfg.n_image, cfg.image_vocab), -1)
+    manual = torch.einsum("btv,vd->btd", probs, model.wte_image.weight)
+    torch.testing.assert_close(model.embed_image_soft(probs), manual, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_cached_path_matches_forward(B):
+    cfg = tiny()
+    model = GPT(cfg).eval()
+    cond, image = batch(cfg, B)
+    full = model(cond, image)
+    cache = KVCache(cfg, B)
+    steps = [model.prefill(cond, cache)]
+    for j in range(cfg.n_image - 1):
+        steps.append(model.decode(image[:, j : j + 1], cfg.n_cond + j, cache))
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+    # chunked forward_cached (start_pos > 0 with T > 1 uses an explicit mask)
+    cache2 = KVCache(cfg, B)
+    model.forward_cached(model.wte_cond(cond[:, :2]), 0, cache2)
+    rest = torch.cat([model.wte_cond(cond[:, 2:]), model.wte_image(image[:, :-1])], 1)
+    out = model.forward_cached(rest, 2, cache2)[:, cfg.n_cond - 3 :]
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+
+
+def test_input_validation():
+    cfg = tiny()
+    model = GPT(cfg)
+    cond, image = batch(cfg)
+    with pytest.raises(IQVAEError, match=r"'cond' must have shape \(\*, 5\)"):
+        model(cond[:, :4], image)
+    with pytest.raises(IQVAEError, match=r"'image' must have shape \(3, \*\)"):
+        model(cond, image[:2])
+    with pytest.raises(IQVAEError, match=r"between 1 and n_image=7"):
+        model(cond, torch.zeros(3, 8, dtype=torch.long))
+    with pytest.raises(IQVAEError, match=r"'image' ids must lie in \[0, 12\]"):
+        model(cond, image + cfg.image_vocab)
+    with pytest.raises(IQVAEError, match=r"'cond' ids must lie in \[0, 10\]"):
+        model(cond - 20, image)
+    with pytest.raises(IQVAEError, match="integer tensor"):
+        model(cond.float(), image)
+    with pytest.raises(IQVAEError, match="image_embeds"):
+        model(cond, image, image_embeds=torch.zeros(3, 7, 5))
+    with pytest.raises(IQVAEError, match="batch 2"):
+        model.prefill(cond, KVCache(cfg, 2))
+    with pytest.raises(IQVAEError, match="decode position"):
+        model.decode(image[:, :1], cfg.block_size - 1, KVCache(cfg, 3))
+
+
+def test_weight_decay_groups_and_param_count():
+    cfg = tiny(bias=True)
+    model = GPT(cfg)
+    for decay_emb in (False, True):
+        groups = model.param_groups(0.1, decay_embeddings=decay_emb)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+        decay = {id(p) for p in groups[0]["params"]}
+        for name, p in model.named_parameters():
+            is_emb = name.startswith(("wte_", "wpe"))
+            expect = p.dim() >= 2 and (decay_emb or not is_emb)
+            assert (id(p) in decay) == expect, name
+    opt = model.configure_optimizer(1.5e-4, weight_decay=0.1)
+    assert opt.defaults["betas"] == (0.9, 0.95)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    # closed-form parameter count
+    C, L, V, Vc, S = cfg.n_embd, cfg.n_layer, cfg.image_vocab, cfg.cond_vocab, cfg.block_size
+    per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    total = (Vc + V + S) * C + L * per_block + 2 * C + V * C
+    assert model.num_params() == total
+    assert model.num_params(non_embedding=True) == total - (Vc + V + S) * C
+    with pytest.raises(IQVAEError, match="lr"):
+        model.configure_optimizer(0.0)
+
+
+def test_paper_size_param_count():
+    """GPT-2 medium shape (24 x 1024) plus two 1024-entry vocabularies: about 0.3B non-embedding parameters."""
+    cfg = GPTConfig()
+    C, L = cfg.n_embd, cfg.n_layer
+    per_block = 12 * C * C + 13 * C
+    assert per_block * L + 2 * C + cfg.image_vocab * C == pytest.approx(3.04e8, rel=0.01)
+
+
+def test_no_bias_variant_runs():
+    cfg = dataclasses.replace(tiny(), bias=False)
+    model = GPT(cfg)
+    cond, image = batch(cfg)
+    assert model(cond, image).shape == (3, cfg.n_image, cfg.image_vocab)
+    assert all(not n.endswith("bias") for n, _ in model.named_parameters())
