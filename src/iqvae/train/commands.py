@@ -69,7 +69,8 @@ def run_encode(args: argparse.Namespace) -> int:
     tok_path = Path(args.tokenizer)
     path = write_codes(args.out, tok, tok_path / "tokenizer" if (tok_path / "tokenizer").is_dir() else tok_path,
                        out, _to_dict(data))
-    print(f"codes: {path} ({', '.join(f'{s}: {len(v['image'])}' for s, v in out.items())})")
+    sizes = ", ".join(f"{s}: {len(v['image'])}" for s, v in out.items())
+    print(f"codes: {path} ({sizes})")
     return 0
 
 
