@@ -25,7 +25,6 @@ from ..data.config import DataConfig, build_dataset
 from ..data.record import collate
 from ..errors import CheckpointError, ConfigError
 from ..losses.vqgan import LossConfig, VQGANLoss
-from ..models.discriminator import PatchDiscriminator
 from ..models.tokenizer import IQVAE, IQVAEConfig
 from .common import LoopConfig, RunLog, StepBatches, Timer, lr_at, machine_info, make_accelerator, set_lr, write_json
 
@@ -45,18 +44,10 @@ class PerceptualConfig:
 
 
 @dataclass
-class DiscConfig:
-    layers: int = opt(3, "PatchGAN: number of strided conv layers")
-    channels: int = opt(64, "PatchGAN: channels of the first layer")
-    lr: float | None = opt(None, "discriminator learning rate (default: train.lr)")
-
-
-@dataclass
 class TokenizerRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: IQVAEConfig = field(default_factory=IQVAEConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    disc: DiscConfig = field(default_factory=DiscConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
 
@@ -127,10 +118,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
     train_ds = build_dataset(cfg.data, "train")
     spec = train_ds.condition_spec(cfg.data.cond)
     model = IQVAE(cfg.model, spec)
-    disc = PatchDiscriminator(in_channels=3, channels=cfg.disc.channels, layers=cfg.disc.layers)
-    loss_fn = VQGANLoss(cfg.loss, disc, _build_lpips(cfg.perceptual, say) if main or True else None)
+    loss_fn = VQGANLoss(cfg.loss, _build_lpips(cfg.perceptual, say))
+    disc = loss_fn.discriminator
     opt_g = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.disc.lr or t.lr, betas=(t.beta1, t.beta2))
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
     total = t.total_steps(len(train_ds))
 
     start = 0
@@ -144,9 +135,12 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
         start = int(ck.train_state["step"])
         say(f"resumed at step {start} of {total}")
 
-    model, loss_fn, opt_g, opt_d = acc.prepare(model, loss_fn, opt_g, opt_d)
+    # The tokenizer goes through DDP (its forward is called); the discriminator is called through VQGANLoss's
+    # methods, so its gradients are averaged across processes by hand (see _sync_grads).
+    model, opt_g, opt_d = acc.prepare(model, opt_g, opt_d)
+    loss_fn.to(acc.device)
     raw_model: IQVAE = acc.unwrap_model(model)
-    raw_loss: VQGANLoss = acc.unwrap_model(loss_fn)
+    raw_loss = loss_fn
     loader = torch.utils.data.DataLoader(
         train_ds,
         batch_sampler=StepBatches(start, total, t.batch_size, len(train_ds), t.seed, acc.process_index, acc.num_processes),
@@ -175,7 +169,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
         cond = batch.cond[cfg.data.cond].to(acc.device)
         lr = lr_at(step, t, total)
         set_lr(opt_g, lr)
-        set_lr(opt_d, (cfg.disc.lr or t.lr) * lr / t.lr)
+        set_lr(opt_d, lr)
 
         with acc.autocast():
             out = model(image, cond)
@@ -191,6 +185,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
                 d_loss, d_logs = raw_loss.discriminator_loss(image, out.recon.detach(), step)
             opt_d.zero_grad(set_to_none=True)
             acc.backward(d_loss)
+            _sync_grads(acc, disc)
             opt_d.step()
             logs.update(d_logs)
 
@@ -223,6 +218,18 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
         write_json(run_dir / "report.json", report)
         say("reconstruction report: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
     return final
+
+
+def _sync_grads(acc: Any, module: torch.nn.Module) -> None:
+    """Average the gradients of ``module`` over processes (no-op in a single process)."""
+    if acc.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= acc.num_processes
 
 
 def _save_grid(path: Path, image: torch.Tensor, out: Any, cond_name: str, spec: Any) -> None:
