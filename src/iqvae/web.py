@@ -1,0 +1,595 @@
+"""``iqvae serve``: the web demo, a Gradio Blocks app around one :class:`~iqvae.pipeline.IQVAEPipeline` per
+condition type.
+
+The page: a condition-type selector; a drawing canvas for spatial conditions (segmentation painted in the
+:func:`~iqvae.condition_io.label_palette` colours, with a legend; edge maps in white on black), a file upload (label-id
+or palette PNG, edge image, ``.safetensors`` tensor, ``.txt`` caption, ``.wav``) and a caption box for text models; an
+"example condition" button that loads the next test-split condition of the model's dataset; sliders for the number of
+samples, top-k, top-p, temperature and seed; a Generate button, a gallery and a status line.  User errors (an empty
+caption, an image of the wrong mode, an upload over the size limit, ...) are shown in the status line; the app does not
+crash on them.
+
+Gradio is an optional extra (``pip install 'iqvae[web]'``) and is imported only inside the functions that need it, so
+``import iqvae.web`` (done by ``iqvae --help``) stays cheap.  The app never contacts the internet: analytics are off,
+the default theme's fonts are bundled with gradio and server-side rendering (node) is disabled.
+
+The callbacks are plain functions (:func:`generate_callback`, :func:`example_callback`) so they can be tested
+without a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, DataError, IQVAEError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import gradio as gr
+    from PIL import Image
+
+    from .pipeline import IQVAEPipeline
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_UPLOAD_MB = 10.0
+MAX_SAMPLES = 16
+CANVAS = 256  # drawing canvas side in pixels; conditions are resized (nearest) to the model's resolution
+DISPLAY_MIN = 192  # gallery images are enlarged (nearest, integer factor) to at least this side
+IMAGE_MODALITIES = ("seg", "edge")
+TYPE_ORDER = ("seg", "edge", "text", "layout", "keypoints", "audio")
+TYPE_TITLES = {"seg": "Segmentation", "edge": "Edge map", "text": "Caption", "layout": "Layout",
+               "keypoints": "Keypoints", "audio": "Audio"}
+FILE_HINTS = {
+    "seg": "a PNG of label ids (mode L / P / I), a PNG painted in the palette colours, or a .safetensors tensor",
+    "edge": "a grey or RGB image (pixels brighter than 127 are edges) or a .safetensors tensor",
+    "text": "a .txt caption or a .safetensors tensor of token ids",
+    "audio": "a .wav file (16-bit PCM mono) or a .safetensors log-mel tensor",
+}
+_NON_IMAGE_SUFFIXES = (".safetensors", ".txt", ".wav")
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def find_pipeline_dirs(model_dir: str | Path) -> dict[str, Path]:
+    """Condition-type name -> pipeline folder.
+
+    ``model_dir`` is either one pipeline folder (holding ``tokenizer/`` and ``transformer/``; its name is its
+    modality, filled in by :func:`load_pipelines`, so the key here is ``""``) or a folder of such folders (e.g.
+    ``runs/demo`` with ``seg/``, ``edge/``, ``text/``; the keys are the sub-folder names).
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"--model '{root}' is not a folder")
+
+    def is_pipe(p: Path) -> bool:
+        return (p / "tokenizer").is_dir() and (p / "transformer").is_dir()
+
+    if is_pipe(root):
+        return {"": root}
+    found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and is_pipe(p)}
+    if not found:
+        raise CheckpointError(f"--model '{root}' holds no pipeline: expected tokenizer/ and transformer/ in it or in "
+                              "its sub-folders (e.g. runs/demo/seg, runs/demo/edge, runs/demo/text)")
+    return found
+
+
+def load_pipelines(model_dir: str | Path, device: str = "cpu") -> dict[str, "IQVAEPipeline"]:
+    from .pipeline import IQVAEPipeline
+
+    out: dict[str, IQVAEPipeline] = {}
+    for key, path in find_pipeline_dirs(model_dir).items():
+        pipe = IQVAEPipeline.from_pretrained(path, device=device)
+        out[key or pipe.cond_spec.modality] = pipe
+    return out
+
+
+def _ordered_keys(pipelines: dict[str, Any]) -> list[str]:
+    def rank(k: str) -> tuple[int, str]:
+        m = pipelines[k].cond_spec.modality
+        return (TYPE_ORDER.index(m) if m in TYPE_ORDER else len(TYPE_ORDER), k)
+
+    return sorted(pipelines, key=rank)
+
+
+def _type_label(key: str, pipe: Any) -> str:
+    m = pipe.cond_spec.modality
+    title = TYPE_TITLES.get(m, m)
+    return f"{title} ({key})" if key != m else f"{title} ({m})"
+
+
+# ----------------------------------------------------------------------------------------------- small helpers
+def _hex(rgb: Any) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+def enlarge(img: "Image.Image", min_side: int = DISPLAY_MIN) -> "Image.Image":
+    """Enlarge a small image by an integer factor (nearest neighbour) so it stays crisp in the gallery."""
+    from PIL import Image
+
+    f = max(1, math.ceil(min_side / max(1, min(img.size))))
+    return img if f == 1 else img.resize((img.width * f, img.height * f), Image.NEAREST)
+
+
+def _pipe(pipelines: dict[str, Any], cond_type: str | None) -> Any:
+    if not cond_type or cond_type not in pipelines:
+        raise IQVAEError(f"unknown condition type {cond_type!r}; this server has: {', '.join(pipelines)}")
+    return pipelines[cond_type]
+
+
+_DATASETS: dict[int, Any] = {}
+
+
+def _test_dataset(pipe: Any) -> Any:
+    """The test split of the dataset the pipeline's tokenizer was trained on (cached per pipeline)."""
+    key = id(pipe)
+    if key not in _DATASETS:
+        cfg = getattr(pipe.tokenizer, "data_config", None)
+        if cfg is None:
+            raise IQVAEError("this model was saved without a dataset config, so there is no example condition; "
+                             "draw or upload one instead")
+        from .data.config import build_dataset
+
+        try:
+            ds = build_dataset(cfg, "test")
+        except IQVAEError as e:
+            raise IQVAEError(f"cannot load the example conditions of dataset '{cfg.dataset}': {e}") from None
+        if len(ds) == 0:
+            raise IQVAEError(f"the test split of dataset '{cfg.dataset}' is empty")
+        _DATASETS[key] = ds
+    return _DATASETS[key]
+
+
+def class_names(pipe: Any) -> list[str]:
+    """Names of the segmentation classes, from the model's dataset when it knows them, else ``class i``."""
+    n = pipe.cond_spec.channels
+    names: Any = None
+    cfg = getattr(pipe.tokenizer, "data_config", None)
+    if cfg is not None and getattr(cfg, "dataset", None) == "shapes":
+        from .data.shapes import CLASS_NAMES
+
+        names = CLASS_NAMES
+    elif cfg is not None:
+        try:
+            ds = _test_dataset(pipe)
+            names = getattr(ds, "class_names", None)
+        except Exception:  # a legend without names is fine
+            names = None
+    names = list(names or [])
+    return [names[i] if i < len(names) else ("background" if i == 0 else f"class {i}") for i in range(n)]
+
+
+def legend_html(pipe: Any) -> str:
+    """Palette legend (seg), drawing hint (edge) or vocabulary (text) for the selected model."""
+    import html
+
+    spec = pipe.cond_spec
+    m = spec.modality
+    if m == "seg":
+        from .condition_io import label_palette
+
+        pal = label_palette(spec.channels)
+        items = []
+        for i, name in enumerate(class_names(pipe)):
+            sw = (f'<span style="display:inline-block;width:1.1em;height:1.1em;vertical-align:middle;'
+                  f'border:1px solid #888;background:{_hex(pal[i])}"></span>')
+            items.append(f'<span class="iqvae-swatch" style="margin-right:0.9em;white-space:nowrap">{sw} '
+                         f"{i}&nbsp;{html.escape(str(name))}</span>")
+        return ("<div><b>Palette</b> (paint each class in its colour; black is background):<br>"
+                + " ".join(items) + "</div>")
+    if m == "edge":
+        return ("<div><b>Edge map</b>: draw edges in <b>white</b> on the black canvas (black erases). "
+                f"The model sees a {pipe.resolution}&times;{pipe.resolution} binary map.</div>")
+    if m == "text":
+        words = [w for w in (spec.vocab or ())[2:]]
+        known = (" Known words: <i>" + html.escape(", ".join(words)) + "</i>.") if words else ""
+        return (f"<div><b>Caption</b>: up to {spec.length} words; unknown words are read as &lt;unk&gt;."
+                f"{known}</div>")
+    return (f"<div><b>{html.escape(TYPE_TITLES.get(m, m))}</b>: upload "
+            f"{html.escape(FILE_HINTS.get(m, 'a .safetensors tensor'))}, or load the example condition.</div>")
+
+
+def blank_canvas(pipe: Any) -> "Image.Image":
+    from PIL import Image
+
+    return Image.new("RGB", (CANVAS, CANVAS), (0, 0, 0))
+
+
+def _flatten_on_black(img: "Image.Image") -> "Image.Image":
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img).convert("RGB")
+    return img
+
+
+def _drawing_image(drawing: Any) -> "Image.Image | None":
+    """The composite image of an ImageEditor value (dict with background / layers / composite), or None."""
+    from PIL import Image
+
+    if drawing is None:
+        return None
+    if isinstance(drawing, dict):
+        img = drawing.get("composite")
+        if img is None:
+            img = drawing.get("background")
+            layers = [x for x in (drawing.get("layers") or []) if x is not None]
+            if img is None and layers:
+                img = layers[0]
+            if img is not None and layers:
+                base = _to_pil(img).convert("RGBA")
+                for layer in layers:
+                    base = Image.alpha_composite(base, _to_pil(layer).convert("RGBA").resize(base.size))
+                img = base
+    else:
+        img = drawing
+    if img is None:
+        return None
+    return _flatten_on_black(_to_pil(img))  # transparent (undrawn) pixels are background / no edge
+
+
+def _to_pil(x: Any) -> "Image.Image":
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(x, Image.Image):
+        return x
+    if isinstance(x, (str, Path)):
+        return Image.open(x)
+    if isinstance(x, np.ndarray):
+        return Image.fromarray(x)
+    raise DataError(f"cannot read the drawing (got {type(x).__name__})")
+
+
+def condition_from_upload(path: str | Path, pipe: Any, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Any:
+    """Read an uploaded condition file, enforcing the size limits before decoding anything.
+
+    Too large (bytes over ``max_upload_mb`` or pixels over :data:`~iqvae.condition_io.MAX_UPLOAD_PIXELS`), an
+    unreadable file or an image of the wrong mode raise :class:`~iqvae.errors.DataError` with a message.
+    """
+    from PIL import Image
+
+    from .condition_io import MAX_UPLOAD_PIXELS, condition_from_image, load_condition
+
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise DataError(f"the upload '{name}' is missing; upload it again")
+    size = path.stat().st_size
+    if size > max_upload_mb * 1024 * 1024:
+        raise DataError(f"upload '{name}' is too large: {size / 2**20:.1f} MB, the limit is {max_upload_mb:g} MB")
+    if path.suffix.lower() in _NON_IMAGE_SUFFIXES:
+        return load_condition(path, pipe.cond_spec, pipe.resolution, getattr(pipe.tokenizer, "data_config", None))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)  # lazy: only the header is read
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"upload '{name}' is too large: more than {MAX_UPLOAD_PIXELS} pixels") from None
+    except Exception:
+        raise DataError(f"cannot read the upload '{name}' as an image; expected "
+                        f"{FILE_HINTS.get(pipe.cond_spec.modality, 'a .safetensors tensor')}") from None
+    if img.width * img.height > MAX_UPLOAD_PIXELS:
+        raise DataError(f"upload '{name}' is too large: {img.width}x{img.height} pixels, the limit is "
+                        f"{MAX_UPLOAD_PIXELS} pixels")
+    try:
+        img.load()
+    except Exception as e:
+        raise DataError(f"cannot decode the image '{name}': {e}") from None
+    return condition_from_image(img, pipe.cond_spec, pipe.resolution, f"upload '{name}'")
+
+
+def condition_preview(cond: Any, pipe: Any) -> "Image.Image | None":
+    """What the model reads from the input (spatial conditions only), enlarged for display."""
+    from PIL import Image
+
+    m = pipe.cond_spec.modality
+    if m == "seg":
+        from .condition_io import colorize_labels
+
+        return enlarge(colorize_labels(cond.cpu(), pipe.cond_spec.channels))
+    if m == "edge":
+        arr = (cond[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+        return enlarge(Image.fromarray(arr, "L").convert("RGB"))
+    return None
+
+
+def _caption_note(caption: str, pipe: Any) -> str:
+    from .data.conditions import tokenize
+
+    spec = pipe.cond_spec
+    words = tokenize(caption)
+    vocab = set((spec.vocab or ())[2:])
+    notes = []
+    unknown = sorted({w for w in words if vocab and w not in vocab})
+    if unknown:
+        notes.append("unknown words read as &lt;unk&gt;: " + ", ".join(unknown))
+    if spec.length is not None and len(words) > spec.length:
+        notes.append(f"the caption was cut to its first {spec.length} words")
+    return ("; ".join(notes) + ".") if notes else ""
+
+
+def _int(x: Any, name: str) -> int:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        raise IQVAEError(f"{name} must be a number, got {x!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise IQVAEError(f"{name} must be a whole number, got {x!r}")
+    return int(f)
+
+
+def error_markdown(e: BaseException) -> str:
+    return f"**Error:** {e}"
+
+
+# --------------------------------------------------------------------------------------------------- callbacks
+def read_condition(pipe: Any, drawing: Any = None, upload: Any = None, caption: str | None = None,
+                   max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> tuple[Any, str]:
+    """(condition tensor, where it came from).  An uploaded file wins over the drawing / caption."""
+    m = pipe.cond_spec.modality
+    if upload:
+        path = upload if isinstance(upload, (str, Path)) else getattr(upload, "name", None) or upload.get("path")
+        return condition_from_upload(path, pipe, max_upload_mb), f"the uploaded file '{Path(path).name}'"
+    if m == "text":
+        from .condition_io import condition_from_text
+
+        return condition_from_text(caption or "", pipe.cond_spec), "the caption"
+    if m in IMAGE_MODALITIES:
+        from .condition_io import condition_from_image
+
+        img = _drawing_image(drawing)
+        if img is None:
+            raise DataError("there is no condition: draw one, load the example condition or upload a file")
+        return condition_from_image(img, pipe.cond_spec, pipe.resolution, "the drawing"), "the drawing"
+    raise DataError(f"a {m} condition cannot be drawn: upload {FILE_HINTS.get(m, 'a .safetensors tensor')} "
+                    "or load the example condition")
+
+
+def generate_callback(pipelines: dict[str, Any], cond_type: str, drawing: Any = None, upload: Any = None,
+                      caption: str | None = None, num_samples: Any = 4, top_k: Any = 100, top_p: Any = 1.0,
+                      temperature: Any = 1.0, seed: Any = 0, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+                      ) -> tuple[list["Image.Image"], "Image.Image | None", str]:
+    """(gallery images, preview of the condition as the model reads it, status Markdown).
+
+    Never raises for user errors: an :class:`IQVAEError` (bad upload, empty caption, bad slider value) gives an
+    empty gallery and the message in the status.
+    """
+    import torch
+
+    try:
+        pipe = _pipe(pipelines, cond_type)
+        n = _int(num_samples, "the number of samples")
+        if not 1 <= n <= MAX_SAMPLES:
+            raise IQVAEError(f"the number of samples must be between 1 and {MAX_SAMPLES}, got {n}")
+        k = _int(top_k, "top-k")
+        if k < 0:
+            raise IQVAEError(f"top-k must be >= 0 (0 turns it off), got {k}")
+        p = float(top_p) if top_p is not None else 1.0
+        s = _int(seed, "the seed")
+        if s < 0:
+            raise IQVAEError(f"the seed must be >= 0, got {s}")
+        temp = float(temperature)
+        cond, source = read_condition(pipe, drawing, upload, caption, max_upload_mb)
+        gen = torch.Generator(device=pipe.device).manual_seed(s)
+        t0 = time.perf_counter()
+        images = pipe(cond, num_images=n, top_k=k or None, top_p=None if p >= 1.0 else p, temperature=temp,
+                      generator=gen)[0]
+        dt = time.perf_counter() - t0
+    except IQVAEError as e:
+        return [], None, error_markdown(e)
+    note = _caption_note(caption or "", pipe) if pipe.cond_spec.modality == "text" and not upload else ""
+    status = (f"Generated {len(images)} image{'s' if len(images) != 1 else ''} from {source} with the "
+              f"**{cond_type}** model ({pipe.resolution}×{pipe.resolution} px, shown enlarged): top-k {k or 'off'}, "
+              f"top-p {p:g}, temperature {temp:g}, seed {s}; {dt:.1f} s.")
+    if note:
+        status += " Note: " + note
+    return [enlarge(im) for im in images], condition_preview(cond, pipe), status
+
+
+def example_callback(pipelines: dict[str, Any], cond_type: str, counter: Any = 0
+                     ) -> tuple[Any, str | None, str | None, int, str]:
+    """Load test-split condition number ``counter`` of the model's dataset.
+
+    Returns (editor value or None, caption or None, upload file path or None, next counter, status Markdown).
+    Seg comes as a palette-coloured canvas, edge as white-on-black, text as its caption; other modalities as a
+    ``.safetensors`` file in the upload box.
+    """
+    from PIL import Image
+
+    try:
+        pipe = _pipe(pipelines, cond_type)
+        ds = _test_dataset(pipe)
+        i = int(counter or 0) % len(ds)
+        sample = ds[i]
+        m = pipe.cond_spec.modality
+        if m not in sample.cond:
+            raise IQVAEError(f"the test split of '{ds.name}' has no '{m}' condition")
+        cond = sample.cond[m]
+        where = f"test condition {i + 1} of {len(ds)} ({getattr(ds, 'name', 'dataset')})"
+        if m in IMAGE_MODALITIES:
+            img = condition_preview(cond, pipe).resize((CANVAS, CANVAS), Image.NEAREST)
+            return ({"background": img, "layers": [], "composite": img}, None, None, i + 1,
+                    f"Loaded {where}; edit it or press Generate.")
+        if m == "text":
+            cap = (sample.extra or {}).get("caption")
+            if not cap:
+                words = pipe.cond_spec.vocab or ()
+                cap = " ".join(words[t] for t in cond.tolist() if 0 < t < len(words))
+            return None, cap, None, i + 1, f"Loaded the caption of {where}."
+        from safetensors.torch import save_file
+
+        fd, path = tempfile.mkstemp(prefix=f"iqvae-example-{m}-", suffix=".safetensors")
+        os.close(fd)
+        save_file({"cond": cond.contiguous()}, path)
+        return None, None, path, i + 1, f"Loaded {where} as a .safetensors file."
+    except IQVAEError as e:
+        return None, None, None, int(counter or 0), error_markdown(e)
+
+
+# --------------------------------------------------------------------------------------------------------- app
+def build_app(pipelines: dict[str, "IQVAEPipeline"], *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+              title: str = "IQ-VAE demo") -> "gr.Blocks":
+    """The demo as a ``gr.Blocks``; launch it with :func:`launch` (theme, limits and offline options)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    if not pipelines:
+        raise IQVAEError("the web demo needs at least one pipeline")
+    keys = _ordered_keys(pipelines)
+    first = keys[0]
+    max_k = max(int(p.tokenizer.num_image_codes) for p in pipelines.values())
+
+    def editor_props(key: str) -> dict[str, Any]:
+        pipe = pipelines[key]
+        m = pipe.cond_spec.modality
+        visible = m in IMAGE_MODALITIES
+        scale = CANVAS / pipe.resolution
+        if m == "seg":
+            from .condition_io import label_palette
+
+            cols = [_hex(c) for c in label_palette(pipe.cond_spec.channels)]
+            brush = gr.Brush(colors=cols, default_color=cols[1 if len(cols) > 1 else 0], color_mode="fixed",
+                             default_size=max(2, int(4 * scale)))
+        else:
+            brush = gr.Brush(colors=["#ffffff", "#000000"], default_color="#ffffff", color_mode="fixed",
+                             default_size=max(2, int(scale)))
+        return dict(visible=visible, brush=brush,
+                    value={"background": blank_canvas(pipe), "layers": [], "composite": None} if visible else None)
+
+    def upload_label(key: str) -> str:
+        m = pipelines[key].cond_spec.modality
+        return f"…or upload a file: {FILE_HINTS.get(m, 'a .safetensors tensor')} (max {max_upload_mb:g} MB)"
+
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"# {title}\nAuto-regressive image synthesis with integrated quantization (IQ-VAE, ECCV 2022). "
+                    "Choose a condition type, draw, upload or type a condition and press **Generate**: the "
+                    "transformer samples image tokens for it and the decoder turns them into images.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                cond_type = gr.Radio(choices=[(_type_label(k, pipelines[k]), k) for k in keys], value=first,
+                                     label="Condition type", elem_id="iqvae-cond-type")
+                legend = gr.HTML(legend_html(pipelines[first]), elem_id="iqvae-legend")
+                props = editor_props(first)
+                drawing = gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"],
+                                         eraser=gr.Eraser(), type="pil", image_mode="RGBA", format="png",
+                                         canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
+                                         sources=("upload", "clipboard"), transforms=(), layers=False,
+                                         label="Draw the condition", elem_id="iqvae-drawing")
+                caption = gr.Textbox(label="Caption", placeholder="e.g. a large circle at the centre on a flat "
+                                     "background", lines=2, visible=pipelines[first].cond_spec.modality == "text",
+                                     elem_id="iqvae-caption")
+                upload = gr.File(label=upload_label(first), file_count="single", type="filepath",
+                                 elem_id="iqvae-upload")
+                with gr.Row():
+                    example_btn = gr.Button("Load example condition", elem_id="iqvae-example")
+                example_counter = gr.State(0)
+            with gr.Column(scale=1):
+                num_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of samples",
+                                        elem_id="iqvae-num-samples")
+                top_k = gr.Slider(0, max_k, value=min(100, max_k), step=1, label="top-k (0 = off; paper: 100)",
+                                  elem_id="iqvae-top-k")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)", elem_id="iqvae-top-p")
+                temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature",
+                                        elem_id="iqvae-temperature")
+                seed = gr.Slider(0, 99999, value=0, step=1, label="Seed", elem_id="iqvae-seed")
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="iqvae-generate")
+                status = gr.Markdown("Ready.", elem_id="iqvae-status")
+                gallery = gr.Gallery(label="Samples", columns=4, format="png", object_fit="contain",
+                                     allow_preview=True, preview=False, interactive=False, elem_id="iqvae-gallery")
+                preview = gr.Image(label="The condition as the model reads it", type="pil", format="png",
+                                   interactive=False, height=200, elem_id="iqvae-cond-preview")
+
+        def on_type(key: str):
+            try:
+                pipe = _pipe(pipelines, key)
+            except IQVAEError as e:
+                return gr.update(), gr.update(), gr.update(), gr.update(), 0, error_markdown(e), None
+            props = editor_props(key)
+            return (gr.update(value=legend_html(pipe)),
+                    gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"]),
+                    gr.Textbox(visible=pipe.cond_spec.modality == "text"),
+                    gr.File(value=None, label=upload_label(key)),
+                    0, f"Condition type: **{key}**.", None)
+
+        cond_type.change(on_type, inputs=cond_type,
+                         outputs=[legend, drawing, caption, upload, example_counter, status, preview])
+
+        def on_generate(key, draw, up, cap, n, k, p, t, s):
+            return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, max_upload_mb=max_upload_mb)
+
+        inputs = [cond_type, drawing, upload, caption, num_samples, top_k, top_p, temperature, seed]
+        generate_btn.click(on_generate, inputs=inputs, outputs=[gallery, preview, status])
+        caption.submit(on_generate, inputs=inputs, outputs=[gallery, preview, status])
+
+        def on_example(key, counter):
+            ed, cap, path, nxt, msg = example_callback(pipelines, key, counter)
+            return (gr.update(value=ed) if ed is not None else gr.update(),
+                    gr.update(value=cap) if cap is not None else gr.update(),
+                    gr.update(value=path) if path is not None else gr.update(),
+                    nxt, msg)
+
+        example_btn.click(on_example, inputs=[cond_type, example_counter],
+                          outputs=[drawing, caption, upload, example_counter, status])
+    app.queue(default_concurrency_limit=1)  # one model, one sampling at a time
+    return app
+
+
+def launch(app: "gr.Blocks", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, block: bool = True, quiet: bool = False) -> Any:
+    """Start the server with the offline options (no analytics, no SSR/node, no share link, no MCP, no PWA)."""
+    import gradio as gr
+
+    return app.launch(server_name=host, server_port=port, share=False, max_file_size=int(max_upload_mb * 2**20),
+                      ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, show_error=True,
+                      prevent_thread_lock=not block, quiet=quiet, inbrowser=False, theme=gr.themes.Default(),
+                      footer_links=[])
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise IQVAEError("the web demo needs gradio: pip install 'iqvae[web]'") from None
+    if args.max_upload_mb <= 0:
+        raise IQVAEError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not 0 <= args.port <= 65535:
+        raise IQVAEError(f"--port must be in [0, 65535], got {args.port}")
+    pipelines = load_pipelines(args.model, device=args.device)
+    print(f"iqvae serve: loaded {', '.join(f'{k} ({p.cond_spec.modality})' for k, p in pipelines.items())} "
+          f"from '{args.model}'", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"iqvae serve: warning: listening on {args.host}; anyone who can reach this address can use the "
+              "demo", flush=True)
+    app = build_app(pipelines, max_upload_mb=args.max_upload_mb)
+    launch(app, args.host, args.port, args.max_upload_mb, block=True)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="web demo: draw or upload a condition, get samples (needs iqvae[web])",
+        description="Start the IQ-VAE web demo (Gradio): choose a condition type, draw a segmentation in the label "
+                    "palette or an edge map, upload a condition file or type a caption, set the number of samples, "
+                    "top-k, temperature and seed, and get a gallery of samples.")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="a pipeline folder (with tokenizer/ and transformer/) or a folder of such folders, one per "
+                        "condition type (e.g. runs/demo with seg/, edge/, text/)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 exposes the demo "
+                        "to the network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="N",
+                   help=f"reject uploaded files larger than N MB (default {DEFAULT_MAX_UPLOAD_MB:g}); images are also "
+                        "limited to 4096x4096 pixels")
+    p.add_argument("--device", default="cpu", help="torch device for the models, e.g. cpu or cuda (default cpu)")
+    p.set_defaults(func=serve)
