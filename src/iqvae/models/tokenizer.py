@@ -1,0 +1,508 @@
+"""IQ-VAE tokenizer: image and condition encoders, quantizers and decoders (paper Sec. 3.1-3.2, Fig. 1-2).
+
+``E_x(image) -> z_x`` and ``E_c(cond) -> z_c``, both ``(B, D, h, w)`` with the same ``n = h*w`` positions; each is
+quantized with its own codebook (or one shared codebook).  ``D_x`` decodes the image from its quantized features
+concatenated with the condition features; ``D_c`` reconstructs the condition from its quantized features.
+
+Variants (``IQVAEConfig.variant``):
+
+* ``vqgan-pair``: the taming-transformers baseline, two independent VQ models; ``D_x`` sees image tokens only.
+* ``iq-none``: joint training, ``D_x`` sees the condition features, no regulariser (ablation "None", Table 3).
+* ``iq-vr``: ``iq-none`` plus the variational regulariser, the sliced Gromov-Wasserstein distance (Eq. 2) between the
+  ``n`` condition vectors and the ``n`` image vectors of each image (the paper's model).
+* ``svq``: the semantically coupled VQ model (Alaniz et al.): ONE encoder over ``concat(image, condition map)`` whose
+  ``2*D`` output channels are split into the image and condition latents, each with its own codebook; ``D_x`` sees
+  ``concat(zq_x, sg[zq_c])`` (stop-gradient), ``D_c`` sees ``zq_c``.  Spatial conditions only.
+
+Choices where the paper is silent (also in the ``help`` of each option):
+
+* ``decoder_cond="quantized"`` (default): ``D_x`` sees the *quantized* condition features, so an image can be decoded
+  from the two token sequences alone (the transformer's output plus the condition tokens).  The paper's wording
+  ("concatenated with the encoded condition features") also admits the continuous ``E_c`` output; that is
+  ``decoder_cond="continuous"``, which then needs the raw condition at decoding time.
+* Image and condition use the same quantizer kind (``vq`` or ``rq`` with the same depth), so both token sequences have
+  the same structure.
+* svq at sampling time: the shared encoder needs an image to produce the condition latent (the sVQ paper says so in
+  its conclusion).  :meth:`IQVAE.encode_condition` accepts an optional reference ``image`` and otherwise feeds an
+  all-zero (mid-gray in [-1, 1]) image.
+* Condition reconstruction losses: seg -> cross-entropy over classes; layout -> per-channel binary cross-entropy
+  (boxes of different classes overlap, so a pixel can carry several labels); edge -> binary cross-entropy;
+  keypoints -> MSE on the heatmaps; audio -> MSE on the log-mel; text -> cross-entropy over the vocabulary, padding
+  (id 0) ignored.
+* Condition inputs: seg as one-hot maps; edge / keypoints / layout as given (values in [0, 1], checked); audio
+  log-mel as given (finite values checked; datasets should standardise them); text as token ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import from_dict, opt, to_dict
+from ..data.record import MODALITIES, SPATIAL, ConditionSpec
+from ..errors import CheckpointError, ConfigError, DataError
+from ..losses.sgw import sliced_gromov_wasserstein
+from .autoencoder import Decoder, Encoder, TextDecoder, TextEncoder
+from .quantize import ResidualQuantizer, VectorQuantizer
+
+Variant = Literal["vqgan-pair", "iq-none", "iq-vr", "svq"]
+
+
+@dataclass
+class IQVAEConfig:
+    variant: Variant = opt("iq-vr", "vqgan-pair (two independent VQ models, taming baseline) | iq-none (joint, no "
+                                    "regulariser) | iq-vr (joint + sliced-GW variational regulariser: the paper) | "
+                                    "svq (semantically coupled VQ: one shared encoder; spatial conditions only)")
+    resolution: int = opt(256, "image resolution in pixels (square); the paper uses 256")
+    ch: int = opt(128, "base channel count of the conv encoders/decoders")
+    ch_mult: tuple[int, ...] = opt((1, 1, 2, 2, 4), "channel multiplier per resolution level; the latent grid is "
+                                                    "resolution / 2**(len-1) (256 px and 5 levels -> 16x16)")
+    num_res_blocks: int = opt(2, "ResNet blocks per level (decoders use one more)")
+    attn: bool = opt(True, "self-attention at the lowest resolution and in the middle blocks")
+    dropout: float = opt(0.0, "dropout inside the ResNet blocks")
+    embed_dim: int = opt(256, "codebook vector dimension D (paper: 256)")
+    num_codes: int = opt(1024, "image codebook size (paper: 1024)")
+    cond_num_codes: int | None = opt(None, "condition codebook size; null = num_codes")
+    quantizer: Literal["vq", "rq"] = opt("vq", "vq: one code per position; rq: residual quantization, rq_depth codes "
+                                               "per position (for both image and condition)")
+    rq_depth: int = opt(4, "codes per position when quantizer=rq")
+    shared_codebook: bool = opt(False, "image and condition share one codebook (iq variants only)")
+    l2_norm_codes: bool = opt(False, "l2-normalise latents and codes before nearest-neighbour search (vq only)")
+    kmeans_init: bool = opt(False, "initialise codebooks by k-means on the first training batch")
+    kmeans_iters: int = opt(10, "Lloyd iterations of the k-means initialisation")
+    dead_code_threshold: float = opt(0.0, "re-seed codes whose running usage falls below this (0 = never)")
+    usage_decay: float = opt(0.99, "decay of the running code-usage average used for dead-code restarts")
+    beta: float = opt(0.25, "commitment weight inside the quantization loss")
+    sgw_projections: int = opt(64, "L, random 1-D projections of the sliced Gromov-Wasserstein regulariser")
+    sgw_on: Literal["pre", "post"] = opt("pre", "regularise the encoder outputs before quantization (pre) or the "
+                                                "quantized (straight-through) features (post)")
+    decoder_cond: Literal["quantized", "continuous"] = opt(
+        "quantized", "what D_x sees of the condition: its quantized features (decoding needs tokens only) or the "
+                     "continuous E_c output (decoding then needs the raw condition)")
+    cond_decoder: bool = opt(True, "train a condition decoder D_c with a reconstruction loss (required for "
+                                   "vqgan-pair and svq)")
+    text_width: int = opt(128, "text condition: transformer width")
+    text_layers: int = opt(2, "text condition: transformer blocks (encoder and decoder each)")
+    text_heads: int = opt(4, "text condition: attention heads")
+    audio_ch: int = opt(32, "audio condition: base channels of the spectrogram conv encoder/decoder")
+    audio_ch_mult: tuple[int, ...] = opt((1, 2, 2), "audio condition: channel multiplier per level")
+    audio_num_res_blocks: int = opt(1, "audio condition: ResNet blocks per level")
+    cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
+                                                 "by the model so a checkpoint rebuilds without a data config")
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // 2 ** (len(self.ch_mult) - 1)
+
+    def validate(self) -> None:
+        def bad(name: str, expect: str) -> ConfigError:
+            return ConfigError(f"option 'tokenizer.{name}' must be {expect}, got {getattr(self, name)!r}")
+
+        for name in ("ch", "num_res_blocks", "embed_dim", "rq_depth", "sgw_projections", "text_width",
+                     "text_layers", "text_heads", "audio_ch", "audio_num_res_blocks"):
+            if getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        for name in ("ch_mult", "audio_ch_mult"):
+            if len(getattr(self, name)) < 1 or min(getattr(self, name)) < 1:
+                raise bad(name, "a non-empty list of positive integers")
+        if self.num_codes < 2:
+            raise bad("num_codes", "at least 2")
+        if self.cond_num_codes is not None and self.cond_num_codes < 2:
+            raise bad("cond_num_codes", "null or at least 2")
+        f = 2 ** (len(self.ch_mult) - 1)
+        if self.resolution < 8 or self.resolution % f:
+            raise bad("resolution", f"at least 8 and divisible by {f} (2**(len(ch_mult)-1))")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "in [0, 1)")
+        if self.kmeans_iters < 0:
+            raise bad("kmeans_iters", "a non-negative integer")
+        if not 0.0 <= self.usage_decay < 1.0:
+            raise bad("usage_decay", "in [0, 1)")
+        if self.l2_norm_codes and self.quantizer == "rq":
+            raise ConfigError("option 'tokenizer.l2_norm_codes' is only available with quantizer=vq (residuals of "
+                              "residual quantization are not unit vectors)")
+        if self.beta < 0 or self.dead_code_threshold < 0:
+            raise bad("beta" if self.beta < 0 else "dead_code_threshold", "non-negative")
+        if self.text_width % self.text_heads:
+            raise bad("text_width", f"divisible by text_heads={self.text_heads}")
+        if self.shared_codebook:
+            if self.variant == "vqgan-pair":
+                raise ConfigError("option 'tokenizer.shared_codebook' needs a joint variant (iq-none, iq-vr, svq); "
+                                  "vqgan-pair trains two independent VQ models")
+            if self.cond_num_codes not in (None, self.num_codes):
+                raise ConfigError(f"option 'tokenizer.cond_num_codes' must be null or equal num_codes "
+                                  f"({self.num_codes}) with shared_codebook, got {self.cond_num_codes}")
+        if self.variant in ("vqgan-pair", "svq") and not self.cond_decoder:
+            raise ConfigError(f"option 'tokenizer.cond_decoder' must be true for variant '{self.variant}': the "
+                              "condition latent is trained only by the condition decoder")
+        if self.variant == "svq" and self.decoder_cond != "quantized":
+            raise ConfigError("option 'tokenizer.decoder_cond' must be 'quantized' for variant 'svq' (its condition "
+                              "latent comes from the shared encoder, which needs the image)")
+        if self.cond_spec is not None:
+            check_spec(ConditionSpec.from_dict(self.cond_spec), self)
+
+
+def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
+    if spec.modality not in MODALITIES:
+        raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(MODALITIES)}")
+    if config.variant == "svq" and spec.modality not in SPATIAL:
+        raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(SPATIAL)}); got '{spec.modality}'")
+    if spec.channels < (2 if spec.modality in ("seg", "text") else 1):
+        raise ConfigError(f"condition '{spec.modality}' needs more channels/classes, got {spec.channels}")
+    if spec.kind == "sequence" and (spec.length is None or spec.length < 1):
+        raise ConfigError(f"condition '{spec.modality}' needs a positive length, got {spec.length}")
+
+
+@dataclass
+class TokenizerEncoding:
+    img_indices: torch.Tensor  # (B, h, w) or (B, h, w, depth), int64
+    cond_indices: torch.Tensor  # same layout as img_indices
+    z_img: torch.Tensor  # (B, D, h, w) encoder output before quantization
+    z_cond: torch.Tensor
+    zq_img: torch.Tensor  # quantized, straight-through
+    zq_cond: torch.Tensor
+    q_loss_img: torch.Tensor  # codebook + beta * commitment
+    q_loss_cond: torch.Tensor
+    stats: dict[str, torch.Tensor]  # img/cond perplexity and usage (detached)
+
+
+@dataclass
+class TokenizerOutput:
+    recon: torch.Tensor  # (B, 3, H, W)
+    cond_out: torch.Tensor | None  # raw D_c output (logits / values); class or vocab axis is dim 1; None: no D_c
+    recon_l1: torch.Tensor
+    quant: torch.Tensor  # image + condition quantization losses
+    sgw: torch.Tensor  # 0 (no graph) for variants without the regulariser
+    cond_recon: torch.Tensor  # 0 when there is no condition decoder
+    stats: dict[str, torch.Tensor]
+    encoding: TokenizerEncoding
+
+
+def _zero(ref: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), device=ref.device, dtype=torch.float32)
+
+
+class IQVAE(nn.Module):
+    """The tokenizer of one condition modality.
+
+    ``IQVAE(config, cond_spec)``; the spec is copied into ``model.config.cond_spec`` so that
+    ``IQVAE.from_config_dict(to_dict(model.config))`` rebuilds the same architecture.  Main entry points:
+    ``forward(image, cond)`` (training), ``encode``, ``encode_condition`` (sampling), ``decode_indices``.
+    Images are float (B, 3, H, W) in [-1, 1]; conditions follow :mod:`iqvae.data.record`, batched.
+    """
+
+    def __init__(self, config: IQVAEConfig, cond_spec: ConditionSpec | None = None):
+        super().__init__()
+        if cond_spec is None:
+            if config.cond_spec is None:
+                raise ConfigError("IQVAE needs a condition spec: pass cond_spec or set config.cond_spec")
+            cond_spec = ConditionSpec.from_dict(config.cond_spec)
+        elif config.cond_spec is not None and config.cond_spec != cond_spec.to_dict():
+            raise ConfigError(f"config.cond_spec {config.cond_spec} differs from the cond_spec given "
+                              f"{cond_spec.to_dict()}")
+        config = dataclasses.replace(config, cond_spec=cond_spec.to_dict())
+        config.validate()
+        self.config, self.cond_spec = config, cond_spec
+        c, spec, d = config, cond_spec, config.embed_dim
+        g = (c.grid, c.grid)
+        self.grid = g
+        kw = {"ch": c.ch, "ch_mult": c.ch_mult, "num_res_blocks": c.num_res_blocks, "attn": c.attn,
+              "dropout": c.dropout}
+        self.cond_in_channels = spec.channels if spec.modality != "edge" else 1
+        if c.variant == "svq":
+            self.encoder = Encoder(3 + self.cond_in_channels, 2 * d, **kw)
+            self.cond_encoder = None
+        else:
+            self.encoder = Encoder(3, d, **kw)
+            self.cond_encoder = self._build_cond_encoder(kw)
+        self.quantize = self._make_quantizer(c.num_codes)
+        self.cond_quantize = None if c.shared_codebook else self._make_quantizer(c.cond_num_codes or c.num_codes)
+        self.decoder = Decoder(3, d, cond_channels=0 if c.variant == "vqgan-pair" else d, **kw)
+        self.cond_decoder = self._build_cond_decoder(kw) if c.cond_decoder else None
+
+    # ------------------------------------------------------------------------------------------------ construction
+    def _make_quantizer(self, num_codes: int) -> nn.Module:
+        c = self.config
+        kw = {"beta": c.beta, "kmeans_init": c.kmeans_init, "kmeans_iters": c.kmeans_iters,
+              "dead_code_threshold": c.dead_code_threshold, "usage_decay": c.usage_decay}
+        if c.quantizer == "rq":
+            return ResidualQuantizer(num_codes, c.embed_dim, c.rq_depth, **kw)
+        return VectorQuantizer(num_codes, c.embed_dim, l2_norm=c.l2_norm_codes, **kw)
+
+    def _build_cond_encoder(self, kw: dict[str, Any]) -> nn.Module:
+        c, spec = self.config, self.cond_spec
+        if spec.modality == "text":
+            return TextEncoder(spec.channels, spec.length, c.embed_dim, self.grid, c.text_width, c.text_layers,
+                               c.text_heads)
+        if spec.modality == "audio":
+            return Encoder(1, c.embed_dim, c.audio_ch, c.audio_ch_mult, c.audio_num_res_blocks, attn=False,
+                           dropout=c.dropout)
+        return Encoder(self.cond_in_channels, c.embed_dim, **kw)
+
+    def _build_cond_decoder(self, kw: dict[str, Any]) -> nn.Module:
+        c, spec = self.config, self.cond_spec
+        if spec.modality == "text":
+            return TextDecoder(spec.channels, spec.length, c.embed_dim, self.grid, c.text_width, c.text_layers,
+                               c.text_heads)
+        if spec.modality == "audio":
+            return Decoder(1, c.embed_dim, c.audio_ch, c.audio_ch_mult, c.audio_num_res_blocks, attn=False,
+                           dropout=c.dropout)
+        return Decoder(self.cond_in_channels, c.embed_dim, **kw)
+
+    @classmethod
+    def from_config_dict(cls, d: dict[str, Any]) -> IQVAE:
+        """Rebuild a model from ``to_dict(model.config)`` (the ``cond_spec`` entry must be present)."""
+        config = from_dict(IQVAEConfig, d)
+        if config.cond_spec is None:
+            raise ConfigError("tokenizer config has no 'cond_spec'; it cannot be rebuilt without a condition spec")
+        return cls(config)
+
+    def config_dict(self) -> dict[str, Any]:
+        return to_dict(self.config)
+
+    # ------------------------------------------------------------------------------------------------- properties
+    @property
+    def _cq(self) -> nn.Module:
+        return self.quantize if self.cond_quantize is None else self.cond_quantize
+
+    @property
+    def image_codebook(self) -> torch.Tensor:
+        return self.quantize.codebook
+
+    @property
+    def cond_codebook(self) -> torch.Tensor:
+        return self._cq.codebook
+
+    @property
+    def tokens_shape(self) -> tuple[int, ...]:
+        return (*self.grid, self.config.rq_depth) if self.config.quantizer == "rq" else self.grid
+
+    @property
+    def num_image_codes(self) -> int:
+        return self.config.num_codes
+
+    @property
+    def num_cond_codes(self) -> int:
+        return self.config.num_codes if self.config.shared_codebook else (self.config.cond_num_codes
+                                                                            or self.config.num_codes)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.decoder.last_layer
+
+    # ------------------------------------------------------------------------------------------------- validation
+    def check_image(self, image: torch.Tensor) -> None:
+        r = self.config.resolution
+        if not (isinstance(image, torch.Tensor) and image.is_floating_point() and image.dim() == 4
+                and image.shape[1:] == (3, r, r)):
+            got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+            raise DataError(f"image must be float (B, 3, {r}, {r}) in [-1, 1]; got {got}")
+
+    def check_condition(self, cond: torch.Tensor, batch: int | None = None) -> None:
+        """Raise a DataError naming the modality, the expected batched shape and range."""
+        spec, r = self.cond_spec, self.config.resolution
+        m = spec.modality
+        item = {"seg": (r, r), "edge": (1, r, r), "keypoints": (spec.channels, r, r), "layout": (spec.channels, r, r),
+                "text": (spec.length,), "audio": (spec.channels, spec.length)}[m]
+        dtype = torch.int64 if m in ("seg", "text") else torch.float32
+        b = "B" if batch is None else str(batch)
+        expect = f"{str(dtype).replace('torch.', '')} ({b}, {', '.join(map(str, item))})"
+        if not isinstance(cond, torch.Tensor):
+            raise DataError(f"condition for modality '{m}' must be a tensor {expect}; got {type(cond).__name__}")
+        if (cond.dtype != dtype or cond.dim() != len(item) + 1 or tuple(cond.shape[1:]) != item
+                or (batch is not None and cond.shape[0] != batch)):
+            raise DataError(f"condition for modality '{m}' must be {expect}; got {cond.dtype} {tuple(cond.shape)}")
+        if cond.numel() == 0:
+            return
+        if m in ("seg", "text"):
+            lo, hi = int(cond.min()), int(cond.max())
+            if lo < 0 or hi >= spec.channels:
+                raise DataError(f"condition for modality '{m}' has ids in [{lo}, {hi}]; expected ids in "
+                                f"[0, {spec.channels - 1}]")
+        elif not bool(torch.isfinite(cond).all()):
+            raise DataError(f"condition for modality '{m}' contains NaN or infinite values")
+        elif m != "audio":
+            lo, hi = float(cond.min()), float(cond.max())
+            if lo < 0 or hi > 1:
+                raise DataError(f"condition for modality '{m}' has values in [{lo:g}, {hi:g}]; expected [0, 1]")
+
+    def _check_indices(self, idx: torch.Tensor, num_codes: int, what: str) -> None:
+        shape = self.tokens_shape
+        if idx.dtype != torch.int64 or idx.dim() != len(shape) + 1 or tuple(idx.shape[1:]) != shape:
+            raise DataError(f"{what} must be int64 (B, {', '.join(map(str, shape))}); got {idx.dtype} "
+                            f"{tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_codes):
+            raise DataError(f"{what} must be in [0, {num_codes - 1}]; got [{int(idx.min())}, {int(idx.max())}]")
+
+    # ------------------------------------------------------------------------------------------ condition helpers
+    def condition_input(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition as a float network input: one-hot seg (B, C, H, W), (B, 1, M, F) audio, others as is."""
+        m = self.cond_spec.modality
+        if m == "seg":
+            return F.one_hot(cond, self.cond_spec.channels).permute(0, 3, 1, 2).float()
+        if m == "audio":
+            return cond.unsqueeze(1)
+        return cond
+
+    def _encode_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        x = self.condition_input(cond)
+        if self.cond_spec.modality == "audio":
+            return self.cond_encoder(x, out_size=self.grid)
+        return self.cond_encoder(x)
+
+    def _decode_cond(self, zq_cond: torch.Tensor) -> torch.Tensor:
+        if self.cond_spec.modality == "audio":
+            return self.cond_decoder(zq_cond, out_size=(self.cond_spec.channels, self.cond_spec.length)).squeeze(1)
+        return self.cond_decoder(zq_cond)
+
+    def condition_loss(self, cond_out: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Reconstruction loss of the condition (see the module docstring for the choice per modality)."""
+        m = self.cond_spec.modality
+        if m == "seg":
+            return F.cross_entropy(cond_out, cond)
+        if m in ("edge", "layout"):
+            return F.binary_cross_entropy_with_logits(cond_out, cond)
+        if m in ("keypoints", "audio"):
+            return F.mse_loss(cond_out, cond)
+        total = F.cross_entropy(cond_out, cond, ignore_index=0, reduction="sum")
+        return total / (cond != 0).sum().clamp(min=1)
+
+    def condition_prediction(self, cond_out: torch.Tensor) -> torch.Tensor:
+        """Map raw D_c output to the condition's own tensor convention (ids, probabilities, heatmaps, log-mel)."""
+        m = self.cond_spec.modality
+        if m in ("seg", "text"):
+            return cond_out.argmax(dim=1)
+        if m in ("edge", "layout"):
+            return torch.sigmoid(cond_out)
+        if m == "keypoints":
+            return cond_out.clamp(0, 1)
+        return cond_out
+
+    # ---------------------------------------------------------------------------------------------------- encoding
+    def _latents(self, image: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.variant == "svq":
+            h = self.encoder(torch.cat([image, self.condition_input(cond)], dim=1))
+            z_img, z_cond = h.split(self.config.embed_dim, dim=1)
+            return z_img, z_cond
+        return self.encoder(image), self._encode_cond(cond)
+
+    def encode(self, image: torch.Tensor, cond: torch.Tensor) -> TokenizerEncoding:
+        self.check_image(image)
+        self.check_condition(cond, image.shape[0])
+        z_img, z_cond = self._latents(image, cond)
+        qi, qc = self.quantize(z_img), self._cq(z_cond)
+        stats = {"img_perplexity": qi.perplexity, "img_usage": qi.usage,
+                 "cond_perplexity": qc.perplexity, "cond_usage": qc.usage}
+        stats = {k: torch.as_tensor(v).detach().float() for k, v in stats.items()}
+        return TokenizerEncoding(qi.indices, qc.indices, z_img, z_cond, qi.z_q, qc.z_q, qi.loss, qc.loss, stats)
+
+    @torch.no_grad()
+    def encode_condition(self, cond: torch.Tensor, image: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition tokens and quantized features, without an image (sampling time).
+
+        svq only: the shared encoder needs an image; ``image`` (a reference) is used if given, else all zeros.
+        Other variants ignore ``image``.  Quantizer statistics are not updated (the quantizers run in eval mode).
+        """
+        self.check_condition(cond)
+        if self.config.variant == "svq":
+            r = self.config.resolution
+            if image is None:
+                image = torch.zeros(cond.shape[0], 3, r, r, device=cond.device)
+            self.check_image(image)
+            z_cond = self._latents(image, cond)[1]
+        else:
+            z_cond = self._encode_cond(cond)
+        q = self._cq
+        was_training = q.training
+        q.eval()
+        try:
+            out = q(z_cond)
+        finally:
+            q.train(was_training)
+        return out.indices, out.z_q
+
+    # ---------------------------------------------------------------------------------------------------- decoding
+    def decode(self, zq_img: torch.Tensor, cond_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Image from quantized image features and (for non-pair variants) the condition features D_x sees."""
+        if self.config.variant == "vqgan-pair":
+            return self.decoder(zq_img)
+        if cond_feat is None:
+            raise DataError(f"variant '{self.config.variant}' decodes with condition features; got none")
+        return self.decoder(zq_img, cond_feat)
+
+    def decode_indices(self, img_indices: torch.Tensor, cond_indices: torch.Tensor | None = None,
+                       cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Image (B, 3, H, W) from tokens.  ``cond_indices`` is needed unless the variant is vqgan-pair; with
+        ``decoder_cond='continuous'`` the raw ``cond`` is needed instead."""
+        self._check_indices(img_indices, self.num_image_codes, "image token indices")
+        zq_img = self.quantize.embed(img_indices)
+        c = self.config
+        if c.variant == "vqgan-pair":
+            return self.decoder(zq_img)
+        if c.decoder_cond == "continuous":
+            if cond is None:
+                raise DataError("decoder_cond='continuous' decodes with the raw condition; pass cond=")
+            self.check_condition(cond, img_indices.shape[0])
+            return self.decoder(zq_img, self._encode_cond(cond))
+        if cond_indices is None:
+            raise DataError(f"variant '{c.variant}' decodes with condition tokens; pass cond_indices=")
+        self._check_indices(cond_indices, self.num_cond_codes, "condition token indices")
+        if cond_indices.shape[0] != img_indices.shape[0]:
+            raise DataError(f"condition token batch {cond_indices.shape[0]} != image token batch "
+                            f"{img_indices.shape[0]}")
+        return self.decoder(zq_img, self._cq.embed(cond_indices))
+
+    # ----------------------------------------------------------------------------------------------------- forward
+    def forward(self, image: torch.Tensor, cond: torch.Tensor, *, sgw_projections: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> TokenizerOutput:
+        """Reconstruct image and condition; the loss terms other than perceptual and GAN.
+
+        ``sgw_projections`` / ``generator`` are passed to the sliced GW regulariser (deterministic projections).
+        """
+        c = self.config
+        enc = self.encode(image, cond)
+        if c.variant == "vqgan-pair":
+            recon = self.decoder(enc.zq_img)
+        else:
+            feat = enc.zq_cond if c.decoder_cond == "quantized" else enc.z_cond
+            if c.variant == "svq":
+                feat = feat.detach()  # sg[z_c]: only D_c trains the condition latent
+            recon = self.decoder(enc.zq_img, feat)
+        cond_out = self._decode_cond(enc.zq_cond) if self.cond_decoder is not None else None
+        cond_recon = self.condition_loss(cond_out, cond) if cond_out is not None else _zero(image)
+        if c.variant == "iq-vr":
+            zc, zx = (enc.z_cond, enc.z_img) if c.sgw_on == "pre" else (enc.zq_cond, enc.zq_img)
+            sgw = sliced_gromov_wasserstein(zc.flatten(2).transpose(1, 2), zx.flatten(2).transpose(1, 2),
+                                            num_projections=c.sgw_projections, projections=sgw_projections,
+                                            generator=generator)
+        else:
+            sgw = _zero(image)
+        return TokenizerOutput(recon=recon, cond_out=cond_out, recon_l1=(image - recon).abs().mean(),
+                               quant=enc.q_loss_img + enc.q_loss_cond, sgw=sgw, cond_recon=cond_recon,
+                               stats=dict(enc.stats), encoding=enc)
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """As nn.Module's, but a mismatching state dict (another variant / config) raises a CheckpointError."""
+        if strict:
+            own = self.state_dict()
+            missing = [k for k in own if k not in state_dict]
+            unexpected = [k for k in state_dict if k not in own]
+            shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                      if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+            if missing or unexpected or shapes:
+                parts = []
+                for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+                    if items:
+                        parts.append(f"{name}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
+                raise CheckpointError(
+                    f"state dict does not match this IQVAE (variant '{self.config.variant}', modality "
+                    f"'{self.cond_spec.modality}'); it was probably saved from another variant or config. "
+                    + "; ".join(parts))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)

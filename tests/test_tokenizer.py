@@ -1,0 +1,383 @@
+"""IQ-VAE tokenizer: variants, every condition modality, losses, validation, config round trip."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iqvae.config import from_dict, to_dict
+from iqvae.data.record import ConditionSpec
+from iqvae.errors import CheckpointError, ConfigError, DataError, IQVAEError
+from iqvae.losses import random_projections, sliced_gromov_wasserstein_reference
+from iqvae.models.tokenizer import IQVAE, IQVAEConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process are ~10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+RES = 16
+SPECS = {
+    "seg": ConditionSpec("seg", 5),
+    "edge": ConditionSpec("edge", 1),
+    "keypoints": ConditionSpec("keypoints", 3),
+    "layout": ConditionSpec("layout", 4),
+    "text": ConditionSpec("text", 12, length=7, vocab=tuple(["<pad>", "<unk>"] + [f"w{i}" for i in range(10)])),
+    "audio": ConditionSpec("audio", 10, length=20),
+}
+
+
+def tiny(variant="iq-vr", **kw):
+    base = {"variant": variant, "resolution": RES, "ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn": True,
+            "embed_dim": 8, "num_codes": 16, "text_width": 16, "text_layers": 1, "text_heads": 2, "audio_ch": 8,
+            "audio_ch_mult": (1, 2), "sgw_projections": 8}
+    base.update(kw)
+    return IQVAEConfig(**base)
+
+
+def make_cond(spec, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = spec.modality
+    if m == "seg":
+        return torch.randint(0, spec.channels, (b, RES, RES), generator=g)
+    if m == "edge":
+        return (torch.rand(b, 1, RES, RES, generator=g) > 0.8).float()
+    if m in ("keypoints", "layout"):
+        x = torch.rand(b, spec.channels, RES, RES, generator=g)
+        return (x > 0.5).float() if m == "layout" else x
+    if m == "text":
+        t = torch.randint(1, spec.channels, (b, spec.length), generator=g)
+        t[:, 4:] = 0  # padding
+        return t
+    return torch.randn(b, spec.channels, spec.length, generator=g)
+
+
+def image(b=2, seed=1):
+    return torch.rand(b, 3, RES, RES, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("modality", list(SPECS))
+def test_every_modality_round_trips_shapes(modality):
+    spec = SPECS[modality]
+    model = IQVAE(tiny("iq-vr"), spec)
+    cond, img = make_cond(spec), image()
+    out = model(img, cond)
+    enc = out.encoding
+    assert model.tokens_shape == (8, 8)
+    assert out.recon.shape == img.shape
+    assert enc.img_indices.shape == enc.cond_indices.shape == (2, 8, 8)  # same n for image and condition
+    assert enc.z_img.shape == enc.z_cond.shape == enc.zq_cond.shape == (2, 8, 8, 8)
+    pred = model.condition_prediction(out.cond_out)
+    assert pred.shape == cond.shape and pred.dtype == cond.dtype
+    for t in (out.recon_l1, out.quant, out.sgw, out.cond_recon):
+        assert t.dim() == 0 and torch.isfinite(t)
+    assert out.sgw > 0 and out.cond_recon > 0
+    assert set(out.stats) == {"img_perplexity", "img_usage", "cond_perplexity", "cond_usage"}
+    model.eval()
+    idx, zq = model.encode_condition(cond)
+    assert idx.shape == (2, 8, 8) and zq.shape == (2, 8, 8, 8)
+    assert model.decode_indices(enc.img_indices, idx).shape == img.shape
+    # every loss part reaches the parameters it should train
+    model.train()
+    out = model(img, cond)
+    (out.recon_l1 + out.quant + out.sgw + out.cond_recon).backward()
+    assert model.cond_encoder.parameters().__next__().grad is not None
+    assert model.cond_decoder.parameters().__next__().grad is not None
+
+
+def _losses_by_hand(modality, cond_out, cond):
+    if modality == "seg":
+        logp = F.log_softmax(cond_out, dim=1)
+        return -logp.gather(1, cond[:, None]).mean()
+    if modality in ("edge", "layout"):
+        p = torch.sigmoid(cond_out)
+        return -(cond * p.log() + (1 - cond) * (1 - p).log()).mean()
+    if modality in ("keypoints", "audio"):
+        return (cond_out - cond).square().mean()
+    logp = F.log_softmax(cond_out, dim=1).gather(1, cond[:, None])[:, 0]  # (B, T)
+    keep = cond != 0
+    return -(logp * keep).sum() / keep.sum()
+
+
+@pytest.mark.parametrize("modality", list(SPECS))
+def test_condition_reconstruction_losses(modality):
+    spec = SPECS[modality]
+    model = IQVAE(tiny("iq-none"), spec)
+    cond = make_cond(spec)
+    out = model(image(), cond)
+    want = _losses_by_hand(modality, out.cond_out.double(), cond.double() if cond.is_floating_point() else cond)
+    assert out.cond_recon.item() == pytest.approx(want.item(), rel=1e-4)
+    lib = {"seg": lambda o, c: F.cross_entropy(o, c), "edge": F.binary_cross_entropy_with_logits,
+           "layout": F.binary_cross_entropy_with_logits, "keypoints": F.mse_loss, "audio": F.mse_loss,
+           "text": lambda o, c: F.cross_entropy(o, c, ignore_index=0)}[modality]
+    assert out.cond_recon.item() == pytest.approx(lib(out.cond_out, cond).item(), rel=1e-5)
+
+
+def test_text_loss_ignores_padding_and_survives_all_padding():
+    model = IQVAE(tiny("iq-none"), SPECS["text"])
+    cond = make_cond(SPECS["text"])
+    logits = torch.randn(2, 12, 7)
+    edited = logits.clone()
+    edited[:, :, 4:] += torch.randn(2, 12, 3) * 5  # padded positions
+    assert model.condition_loss(logits, cond).item() == pytest.approx(model.condition_loss(edited, cond).item())
+    assert model.condition_loss(logits, torch.zeros_like(cond)).item() == 0.0
+
+
+def test_vqgan_pair_decoder_ignores_condition():
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("vqgan-pair"), spec).eval()
+    img = image()
+    a, b = make_cond(spec, seed=0), make_cond(spec, seed=5)
+    with torch.no_grad():
+        ra, rb = model(img, a), model(img, b)
+        assert torch.equal(ra.encoding.img_indices, rb.encoding.img_indices)
+        assert torch.equal(ra.recon, rb.recon)
+        assert not torch.equal(ra.encoding.cond_indices, rb.encoding.cond_indices)
+        idx = ra.encoding.img_indices
+        assert torch.equal(model.decode_indices(idx, ra.encoding.cond_indices),
+                           model.decode_indices(idx, rb.encoding.cond_indices))
+        torch.testing.assert_close(model.decode_indices(idx), ra.recon, atol=1e-5, rtol=1e-5)
+    assert model.decoder.cond_channels == 0
+    assert ra.sgw.item() == 0.0
+
+
+@pytest.mark.parametrize("variant", ["iq-none", "iq-vr", "svq"])
+def test_joint_variants_decoder_uses_condition(variant):
+    spec = SPECS["seg"]
+    model = IQVAE(tiny(variant), spec).eval()
+    img = image()
+    with torch.no_grad():
+        enc = model.encode(img, make_cond(spec, seed=0))
+        other = model.encode(img, make_cond(spec, seed=5)).cond_indices
+        assert not torch.equal(enc.cond_indices, other)
+        r1 = model.decode_indices(enc.img_indices, enc.cond_indices)
+        r2 = model.decode_indices(enc.img_indices, other)
+        assert not torch.allclose(r1, r2)
+        # decoding tokens == decoding the quantized features of the encoding (codebook lookup oracle)
+        torch.testing.assert_close(r1, model.decode(enc.zq_img, enc.zq_cond), atol=1e-5, rtol=1e-5)
+
+
+def test_svq_stop_gradient_into_condition_latent():
+    spec = SPECS["edge"]
+    model = IQVAE(tiny("svq"), spec)
+    assert model.cond_encoder is None and model.encoder.in_channels == 4 and model.encoder.out_channels == 16
+    out = model(image(), make_cond(spec))
+    enc = out.encoding
+    g_img = torch.autograd.grad(out.recon_l1, [enc.z_cond, enc.z_img], retain_graph=True, allow_unused=True)
+    assert g_img[0] is None or torch.count_nonzero(g_img[0]) == 0
+    assert g_img[1] is not None and g_img[1].abs().sum() > 0
+    g_cond = torch.autograd.grad(out.cond_recon, enc.z_cond, retain_graph=True)[0]
+    assert g_cond.abs().sum() > 0
+    # the image loss still trains the shared encoder through the image latent
+    g_w = torch.autograd.grad(out.recon_l1, model.encoder.conv_in.weight)[0]
+    assert g_w.abs().sum() > 0
+
+
+def test_svq_condition_without_image_and_restrictions():
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("svq"), spec).eval()
+    img, cond = image(), make_cond(spec)
+    with torch.no_grad():
+        enc = model.encode(img, cond)
+        idx_ref, _ = model.encode_condition(cond, image=img)
+        idx_zero, _ = model.encode_condition(cond)
+        enc_zero = model.encode(torch.zeros_like(img), cond)
+    assert torch.equal(idx_ref, enc.cond_indices)
+    assert torch.equal(idx_zero, enc_zero.cond_indices)
+    for m in ("text", "audio"):
+        with pytest.raises(ConfigError, match="svq"):
+            IQVAE(tiny("svq"), SPECS[m])
+    with pytest.raises(ConfigError, match="decoder_cond"):
+        IQVAE(tiny("svq", decoder_cond="continuous"), spec)
+
+
+@pytest.mark.parametrize("sgw_on", ["pre", "post"])
+def test_iq_vr_sgw_equals_direct_call(sgw_on):
+    spec = SPECS["keypoints"]
+    model = IQVAE(tiny("iq-vr", sgw_on=sgw_on), spec)
+    proj = random_projections(8, 8, generator=torch.Generator().manual_seed(3))
+    out = model(image(), make_cond(spec), sgw_projections=proj)
+    enc = out.encoding
+    zc, zx = (enc.z_cond, enc.z_img) if sgw_on == "pre" else (enc.zq_cond, enc.zq_img)
+    flat = lambda z: z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1])
+    want = sliced_gromov_wasserstein_reference(flat(zc).double(), flat(zx).double(), projections=proj.double())
+    assert out.sgw.item() == pytest.approx(want.item(), rel=1e-4)
+    # a seeded generator gives reproducible projections
+    s1 = model(image(), make_cond(spec), generator=torch.Generator().manual_seed(7)).sgw
+    s2 = model(image(), make_cond(spec), generator=torch.Generator().manual_seed(7)).sgw
+    assert s1.item() == s2.item()
+    # the regulariser trains both encoders
+    out = model(image(), make_cond(spec), sgw_projections=proj)
+    gx, gc = torch.autograd.grad(out.sgw, [model.encoder.conv_in.weight, model.cond_encoder.conv_in.weight])
+    assert gx.abs().sum() > 0 and gc.abs().sum() > 0
+
+
+def test_iq_none_has_no_regulariser():
+    spec = SPECS["seg"]
+    out = IQVAE(tiny("iq-none"), spec)(image(), make_cond(spec))
+    assert out.sgw.item() == 0.0 and not out.sgw.requires_grad and out.sgw.grad_fn is None
+
+
+def test_quant_is_sum_of_both_quantizers_and_shared_codebook():
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("iq-vr", cond_num_codes=32), spec)
+    out = model(image(), make_cond(spec))
+    assert out.quant.item() == pytest.approx((out.encoding.q_loss_img + out.encoding.q_loss_cond).item())
+    assert model.image_codebook.shape == (16, 8) and model.cond_codebook.shape == (32, 8)
+    assert model.num_image_codes == 16 and model.num_cond_codes == 32
+    shared = IQVAE(tiny("iq-vr", shared_codebook=True), spec)
+    assert shared.cond_codebook is shared.image_codebook and shared.num_cond_codes == 16
+    assert not any("cond_quantize" in k for k in shared.state_dict())
+    with pytest.raises(ConfigError, match="shared_codebook"):
+        IQVAE(tiny("vqgan-pair", shared_codebook=True), spec)
+    with pytest.raises(ConfigError, match="cond_num_codes"):
+        IQVAE(tiny("iq-vr", shared_codebook=True, cond_num_codes=32), spec)
+
+
+def test_residual_quantizer_tokens():
+    spec = SPECS["edge"]
+    model = IQVAE(tiny("iq-vr", quantizer="rq", rq_depth=3), spec).eval()
+    assert model.tokens_shape == (8, 8, 3)
+    with torch.no_grad():
+        enc = model.encode(image(), make_cond(spec))
+        assert enc.img_indices.shape == enc.cond_indices.shape == (2, 8, 8, 3)
+        torch.testing.assert_close(model.decode_indices(enc.img_indices, enc.cond_indices),
+                                   model.decode(enc.zq_img, enc.zq_cond), atol=1e-5, rtol=1e-5)
+    with pytest.raises(DataError, match=r"\(B, 8, 8, 3\)"):
+        model.decode_indices(enc.img_indices[..., 0], enc.cond_indices)
+    with pytest.raises(ConfigError, match="l2_norm_codes"):
+        IQVAE(tiny(quantizer="rq", l2_norm_codes=True), spec)
+
+
+def test_continuous_decoder_condition():
+    spec = SPECS["layout"]
+    model = IQVAE(tiny("iq-none", decoder_cond="continuous"), spec).eval()
+    img, cond = image(), make_cond(spec)
+    with torch.no_grad():
+        out = model(img, cond)
+        enc = out.encoding
+        torch.testing.assert_close(out.recon, model.decode(enc.zq_img, enc.z_cond))
+        torch.testing.assert_close(model.decode_indices(enc.img_indices, cond=cond), out.recon, atol=1e-5, rtol=1e-5)
+    with pytest.raises(DataError, match="raw condition"):
+        model.decode_indices(enc.img_indices, enc.cond_indices)
+
+
+def test_encode_condition_matches_encode():
+    spec = SPECS["text"]
+    model = IQVAE(tiny("iq-vr"), spec).eval()
+    cond = make_cond(spec)
+    with torch.no_grad():
+        idx, zq = model.encode_condition(cond)
+        enc = model.encode(image(), cond)
+    assert torch.equal(idx, enc.cond_indices)
+    torch.testing.assert_close(zq, enc.zq_cond)
+
+
+@pytest.mark.parametrize(
+    "modality,bad,pattern",
+    [
+        ("seg", lambda c: c[:, None].clone(), r"seg.*\(2, 16, 16\)"),
+        ("seg", lambda c: c.float(), r"int64 \(2, 16, 16\)"),
+        ("seg", lambda c: c + 3, r"\[0, 4\]"),
+        ("edge", lambda c: c * 2, r"edge.*\[0, 1\]"),
+        ("keypoints", lambda c: c[:, :2].clone(), r"keypoints.*\(2, 3, 16, 16\)"),
+        ("layout", lambda c: c.double(), r"float32 \(2, 4, 16, 16\)"),
+        ("text", lambda c: c[:, :5].clone(), r"text.*\(2, 7\)"),
+        ("text", lambda c: c + 20, r"\[0, 11\]"),
+        ("audio", lambda c: c.transpose(1, 2).contiguous(), r"audio.*\(2, 10, 20\)"),
+        ("audio", lambda c: c * float("nan"), r"NaN"),
+        ("seg", lambda c: c[:1].clone(), r"\(2, 16, 16\)"),  # batch mismatch with the image
+    ],
+)
+def test_bad_condition_raises_with_expected_shape(modality, bad, pattern):
+    spec = SPECS[modality]
+    model = IQVAE(tiny("iq-none"), spec)
+    with pytest.raises(DataError, match=pattern):
+        model(image(), bad(make_cond(spec)))
+
+
+def test_bad_image_and_indices_raise():
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("iq-none"), spec)
+    with pytest.raises(DataError, match=r"\(B, 3, 16, 16\)"):
+        model(image()[:, :1], make_cond(spec))
+    idx = torch.zeros(2, 8, 8, dtype=torch.long)
+    with pytest.raises(DataError, match=r"\[0, 15\]"):
+        model.decode_indices(idx + 16, idx)
+    with pytest.raises(DataError, match="cond_indices"):
+        model.decode_indices(idx)
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ({"resolution": 17}, "resolution"),
+        ({"variant": "iq-kl"}, "variant"),
+        ({"num_codes": 1}, "num_codes"),
+        ({"text_width": 10, "text_heads": 3}, "text_width"),
+        ({"sgw_on": "mid"}, "sgw_on"),
+        ({"vqgan-pair": True}, "unknown option"),
+        ({"variant": "vqgan-pair", "cond_decoder": False}, "cond_decoder"),
+        ({"dropout": 1.5}, "dropout"),
+    ],
+)
+def test_config_validation(override, pattern):
+    d = to_dict(tiny())
+    d.update(override)
+    with pytest.raises(ConfigError, match=pattern):
+        from_dict(IQVAEConfig, d)
+
+
+@pytest.mark.parametrize("modality,variant", [("text", "iq-vr"), ("seg", "svq"), ("audio", "vqgan-pair")])
+def test_config_dict_round_trip_reproduces_outputs(modality, variant):
+    spec = SPECS[modality]
+    model = IQVAE(tiny(variant), spec).eval()
+    d = json.loads(json.dumps(to_dict(model.config)))  # what a checkpoint stores
+    assert d["cond_spec"] == spec.to_dict()
+    clone = IQVAE.from_config_dict(d).eval()
+    assert clone.cond_spec == spec and clone.config == model.config
+    clone.load_state_dict(model.state_dict())
+    img, cond = image(), make_cond(spec)
+    gen = lambda: torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        a, b = model(img, cond, generator=gen()), clone(img, cond, generator=gen())
+    assert torch.equal(a.recon, b.recon) and torch.equal(a.cond_out, b.cond_out)
+    assert torch.equal(a.encoding.img_indices, b.encoding.img_indices) and a.sgw.item() == b.sgw.item()
+
+
+def test_state_dict_from_other_variant_or_modality_raises():
+    spec = SPECS["seg"]
+    vr = IQVAE(tiny("iq-vr"), spec)
+    for other in (IQVAE(tiny("vqgan-pair"), spec), IQVAE(tiny("svq"), spec), IQVAE(tiny("iq-vr"), SPECS["edge"])):
+        with pytest.raises(CheckpointError, match="variant"):
+            other.load_state_dict(vr.state_dict())
+    assert isinstance(CheckpointError("x"), IQVAEError)
+    with pytest.raises(ConfigError, match="cond_spec"):
+        IQVAE.from_config_dict({k: v for k, v in to_dict(tiny()).items() if k != "cond_spec"})
+    with pytest.raises(ConfigError, match="differs"):
+        IQVAE(vr.config, SPECS["edge"])
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("iq-vr", attn=False), spec)
+    img = image(4)
+    yy, xx = torch.meshgrid(torch.arange(RES), torch.arange(RES), indexing="ij")
+    cond = torch.stack([((xx // 4 + yy // 4 + k) % 5) for k in range(4)])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(50):
+        out = model(img, cond)
+        loss = out.recon_l1 + out.quant + 0.1 * out.sgw + out.cond_recon
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
