@@ -233,7 +233,8 @@ class GPT(nn.Module):
             raise IQVAEError(f"configure_optimizer: lr must be > 0, got {lr!r}")
         if weight_decay < 0:
             raise IQVAEError(f"configure_optimizer: weight_decay must be >= 0, got {weight_decay!r}")
-        return torch.optim.AdamW(self.param_groups(weight_decay, decay_embeddings), lr=lr, betas=tuple(betas))
+        return torch.optim.AdamW(self.param_groups(weight_decay, decay_embeddings), lr=lr, betas=tuple(betas),
+                                 foreach=True)
 
     # ------------------------------------------------------------------ input checks
     def _check_tokens(self, name: str, ids: torch.Tensor, shape: tuple, vocab: int) -> None:

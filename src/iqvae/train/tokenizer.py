@@ -120,8 +120,9 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
     model = IQVAE(cfg.model, spec)
     loss_fn = VQGANLoss(cfg.loss, _build_lpips(cfg.perceptual, say))
     disc = loss_fn.discriminator
-    opt_g = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
+    opt_g = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
+                              foreach=True)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
     total = t.total_steps(len(train_ds))
 
     start = 0
@@ -131,7 +132,6 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
         disc.load_state_dict(ck.train_state["disc"])
         opt_g.load_state_dict(ck.train_state["opt_g"])
         opt_d.load_state_dict(ck.train_state["opt_d"])
-        set_rng_state(ck.train_state["rng"])
         start = int(ck.train_state["step"])
         say(f"resumed at step {start} of {total}")
 
@@ -164,7 +164,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
     bar = tqdm(total=total, initial=start, desc="tokenizer", disable=not (progress and main), dynamic_ncols=True)
     step = start
     model.train()
-    for step, batch in zip(range(start, total), loader):
+    batches = iter(loader)  # creating the iterator draws from torch's RNG: do it before restoring the RNG state
+    if resume:
+        set_rng_state(ck.train_state["rng"])
+    for step, batch in zip(range(start, total), batches):
         image = batch.image.to(acc.device)
         cond = batch.cond[cfg.data.cond].to(acc.device)
         lr = lr_at(step, t, total)
@@ -195,7 +198,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
             values.update({k: float(v) for k, v in out.stats.items()})
             values["lr"] = lr
             log.log(step, values)
-            bar.set_postfix(loss=f"{float(g_loss):.4f}")
+            bar.set_postfix(loss=f"{g_loss.item():.4f}")
         if main and t.image_every and (done % t.image_every == 0 or done == total):
             _save_grid(run_dir / "images" / f"recon_{done:07d}.png", image, out, cfg.data.cond, spec)
         bar.update(1)

@@ -134,7 +134,6 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
         ck = load_checkpoint(last, TRAIN_KIND, with_train_state=True)
         model.load_state_dict(ck.train_state["model"])
         optimizer.load_state_dict(ck.train_state["opt"])
-        set_rng_state(ck.train_state["rng"])
         start = int(ck.train_state["step"])
         say(f"resumed at step {start} of {total}")
     model, optimizer = acc.prepare(model, optimizer)
@@ -153,6 +152,8 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
     timer = Timer()
     bar = tqdm(total=total, initial=start, desc="transformer", disable=not (progress and main), dynamic_ncols=True)
     model.train()
+    if resume:  # restore the RNG state last, right before the first step
+        set_rng_state(ck.train_state["rng"])
     for step in range(start, total):
         idx = shard(batch_indices(step, t.batch_size, len(train), t.seed), acc.process_index, acc.num_processes)
         cond, image = train.cond[idx].to(acc.device), train.image[idx].to(acc.device)
@@ -168,12 +169,12 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
             optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if main and (done % t.log_every == 0 or done == total):
-            values = {"loss": float(loss), "lr": lr, **{k: float(v) for k, v in stats.items()}}
+            values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}
             if t.val_every and val is not None and done % t.val_every == 0:
                 values["val_nll_bits"] = validation_nll(raw, val.cond, val.image, batch_size=t.batch_size,
                                                         max_batches=cfg.val_batches, device=acc.device)
             log.log(step, values)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.update(1)
         if done % t.checkpoint_every == 0 or done == total:
             save(done)
