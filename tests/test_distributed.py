@@ -8,6 +8,7 @@ errors).  Both training commands are run through the real CLI.
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(TORCHRUN is None, reason="tor
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(args, nproc=None, cwd=None):
-    cmd = ([TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", "0", "-m", "iqvae.cli"] if nproc
+    cmd = ([TORCHRUN, "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            "-m", "iqvae.cli"] if nproc
            else [sys.executable, "-m", "iqvae.cli"]) + args
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=cwd)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

@@ -19,19 +19,16 @@ from typing import Any
 DEFAULT_CONDS = ("seg", "edge", "text")
 
 
-def _stage_done(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
 def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progress: bool, say,
                      overrides: list[str] = ()) -> dict[str, Any]:
-    """Train (or reuse) stage 1, codes and stage 2 for one condition; returns timings and paths."""
-    from .codes import encode_dataset, write_codes
-    from .config import build_config, to_dict
-    from .data.config import build_dataset
-    from .pipeline import copy_pipeline
-    from .train.tokenizer import TokenizerRunConfig, load_tokenizer, train_tokenizer
-    from .train.transformer import TransformerRunConfig, train_transformer
+    """Train (or reuse / resume) stage 1, codes and stage 2 for one condition; returns timings and paths.
+
+    ``overrides``: ``tokenizer.KEY=VALUE`` / ``transformer.KEY=VALUE`` strings applied over the preset.
+    """
+    from .bench.stages import ensure_codes, ensure_pipeline, ensure_tokenizer, ensure_transformer, stage_done
+    from .config import build_config
+    from .train.tokenizer import TokenizerRunConfig
+    from .train.transformer import TransformerRunConfig
 
     d = root / cond
     if fresh and d.exists():
@@ -39,32 +36,27 @@ def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progres
     d.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = json.loads((d / "timings.json").read_text()) if (d / "timings.json").exists() else {}
 
+    def section(name: str) -> list[str]:
+        return [o.split(".", 1)[1] for o in overrides if o.startswith(name + ".")]
+
+    def timed(key: str, done: bool, fn) -> None:
+        t0 = time.perf_counter()
+        fn()
+        if not done:
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+    say = (lambda msg, _say=say: _say(f"[{cond}] {msg}"))
     tok_cfg = build_config(TokenizerRunConfig, "tokenizer", preset=preset,
-                           overrides=[f"data.cond={cond}", *[o for o in overrides if o.startswith("tokenizer.")]])
-    s1 = d / "stage1"
-    if not _stage_done(s1 / "tokenizer"):
-        say(f"[{cond}] stage 1: training the tokenizer")
-        t0 = time.perf_counter()
-        train_tokenizer(tok_cfg, s1, resume=(s1 / "checkpoints" / "last").is_dir(), progress=progress)
-        timings["tokenizer"] = timings.get("tokenizer", 0.0) + time.perf_counter() - t0
-    codes = d / "codes"
-    if not (codes / "codes.json").is_file():
-        say(f"[{cond}] encoding the train / val splits")
-        t0 = time.perf_counter()
-        tok = load_tokenizer(s1)
-        splits = {s: encode_dataset(tok, build_dataset(tok_cfg.data, s), cond, progress=progress, desc=f"encode {s}")
-                  for s in ("train", "val")}
-        write_codes(codes, tok, s1 / "tokenizer", splits, to_dict(tok_cfg.data))
-        timings["encode"] = time.perf_counter() - t0
+                           overrides=[f"data.cond={cond}", *section("tokenizer")])
+    s1, codes, s2 = d / "stage1", d / "codes", d / "stage2"
+    timed("tokenizer", stage_done(s1 / "tokenizer"), lambda: ensure_tokenizer(tok_cfg, s1, progress=progress, say=say))
+    timed("encode", (codes / "codes.json").is_file(),
+          lambda: ensure_codes(tok_cfg, s1, codes, progress=progress, say=say))
     gpt_cfg = build_config(TransformerRunConfig, "transformer", preset=preset,
-                           overrides=[f"codes={codes}", *[o for o in overrides if o.startswith("transformer.")]])
-    s2 = d / "stage2"
-    if not _stage_done(s2 / "transformer"):
-        say(f"[{cond}] stage 2: training the transformer")
-        t0 = time.perf_counter()
-        train_transformer(gpt_cfg, s2, resume=(s2 / "checkpoints" / "last").is_dir(), progress=progress)
-        timings["transformer"] = timings.get("transformer", 0.0) + time.perf_counter() - t0
-    copy_pipeline(s1 / "tokenizer", s2 / "transformer", d)
+                           overrides=[f"codes={codes}", *section("transformer")])
+    timed("transformer", stage_done(s2 / "transformer"),
+          lambda: ensure_transformer(gpt_cfg, s2, progress=progress, say=say))
+    ensure_pipeline(s1, s2, d)
     (d / "timings.json").write_text(json.dumps(timings, indent=2))
     return {"dir": d, "timings": timings, "tok_cfg": tok_cfg, "gpt_cfg": gpt_cfg}
 

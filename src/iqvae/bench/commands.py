@@ -94,5 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--systems", default=None, help="comma-separated subset of systems (default: all)")
     a.add_argument("--out", default="results", help="folder for ablation.md / ablation.png / ablation.json")
     a.add_argument("--work", default="runs/ablation", help="folder for the runs")
+    a.add_argument("--set", dest="set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a preset option, e.g. tokenizer.train.steps=500, transformer.model.n_layer=4, "
+                        "ablation.conditions=32 (repeatable)")
+    a.add_argument("--extractor", default=None, help="feature classifier checkpoint for FD (default: train and cache one)")
+    a.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05 weights file: report FID")
+    a.add_argument("--cache", default=None, help="cache folder for the trained extractor (default $IQVAE_CACHE)")
+    a.add_argument("--lpips-backbone", default=None, help="torchvision VGG16/AlexNet weights file (LPIPS diversity)")
+    a.add_argument("--lpips-lin", default=None, help="LPIPS calibration weights file")
+    a.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"], help="LPIPS backbone")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=run_ablation)

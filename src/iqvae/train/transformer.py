@@ -139,7 +139,7 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
     model, optimizer = acc.prepare(model, optimizer)
     raw: GPT = acc.unwrap_model(model)
     codebook = codebook.to(acc.device)
-    header = {"model": to_dict(mcfg), "codes": meta}
+    header = {"model": to_dict(mcfg), "codes": {**meta, "dir": str(Path(cfg.codes).resolve())}}
     log = RunLog(run_dir, "transformer", resume_step=start if resume else None, tensorboard=t.tensorboard, enabled=main)
 
     def save(step: int) -> None:

@@ -1,0 +1,248 @@
+"""``iqvae bench ablation``: the paper's Table 3 (plus sVQ and residual quantization) at equal compute, several seeds.
+
+Every system trains with the same preset (``ablation-small`` / ``ablation-full``): same data, tokenizer size,
+steps and batch, same transformer size, steps and batch; systems differ only in the options listed in
+:data:`SYSTEMS`.  Rows 3 and 4 (``iq-vr`` and ``iq-vr+gs``) share the tokenizer of each seed: only stage 2 differs.
+Every system is then evaluated by :func:`iqvae.metrics.evaluate_cmd.evaluate_model` on the same held-out test
+conditions with the same sampler settings and the same feature extractor.
+
+A sweep of latent grid sizes (``fig6_grids``, via the number of ``model.ch_mult`` levels) gives the NLL vs
+reconstruction-error trade-off of the paper's Fig. 6.
+
+Work folder (``--work``; finished runs are reused, interrupted ones resume)::
+
+    <work>/<budget>/tok/<tokenizer>-s<seed>/{tokenizer, codes, report.json, ...}
+    <work>/<budget>/gpt/<system>-s<seed>/{transformer, report.json, ...}
+    <work>/<budget>/pipe/<system>-s<seed>/          pipeline folders
+    <work>/<budget>/eval/<system>-s<seed>/metrics.json
+
+Overrides: ``args.set`` (a list of ``section.key=value``; sections ``tokenizer.``, ``transformer.``, ``ablation.``)
+is applied on top of the preset, e.g. ``tokenizer.train.steps=3`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import apply_overrides, build_config, from_dict, load_preset, opt, to_dict
+from ..errors import IQVAEError
+from .stages import ensure_codes, ensure_pipeline, ensure_tokenizer, ensure_transformer
+
+
+@dataclass(frozen=True)
+class System:
+    label: str
+    tokenizer: str  # key of the tokenizer run (systems with equal keys share it)
+    tok_overrides: tuple[str, ...]
+    gpt_overrides: tuple[str, ...]
+
+
+SYSTEMS: dict[str, System] = {
+    "vqgan-pair": System("VQGAN pair + T (teacher forcing)", "vqgan-pair", ("model.variant=vqgan-pair",),
+                         ("gumbel.mode=teacher",)),
+    "iq-none": System("IQ-VAE w/o VR + T", "iq-none", ("model.variant=iq-none",), ("gumbel.mode=teacher",)),
+    "iq-vr": System("IQ-VAE w/ VR + T", "iq-vr", ("model.variant=iq-vr",), ("gumbel.mode=teacher",)),
+    "iq-vr+gs": System("IQ-VAE w/ VR + T + GS", "iq-vr", ("model.variant=iq-vr",), ("gumbel.mode=gumbel",)),
+    "svq": System("sVQ + T (teacher forcing)", "svq", ("model.variant=svq",), ("gumbel.mode=teacher",)),
+    "iq-vr+gs+rq": System("IQ-VAE w/ VR + RQ + T + GS", "iq-vr-rq",
+                          ("model.variant=iq-vr", "model.quantizer=rq", "model.rq_depth=2"), ("gumbel.mode=gumbel",)),
+}
+TABLE3 = ("vqgan-pair", "iq-none", "iq-vr", "iq-vr+gs")
+
+
+@dataclass
+class BenchSettings:
+    """The preset's ``ablation:`` section: evaluation protocol and the Fig. 6 sweep."""
+
+    conditions: int = opt(16, "held-out test conditions per system")
+    samples: int = opt(4, "samples per condition")
+    eval_seed: int = opt(0, "sampling seed of the evaluation (the same for every system and seed)")
+    top_k: int | None = opt(100, "top-k of the sampler (null: none)")
+    real_images: int | None = opt(None, "reference reals for FD/SWD (default: the conditions' real images)")
+    recon_items: int = opt(128, "items for the reconstruction metrics")
+    extractor_steps: int = opt(1000, "training steps of the cached Shapes feature classifier")
+    fig6_grids: list[int] = opt(factory=lambda: [4, 8, 16], help="latent grid sizes of the Fig. 6 sweep (empty: none)")
+    fig6_system: str = opt("iq-vr", "system whose latent size is swept")
+    fig6_seeds: int = opt(1, "seeds of the sweep (the first N of the bench's seeds)")
+    grid_conditions: int = opt(4, "conditions shown per system in ablation.png")
+
+    def validate(self) -> None:
+        for name in ("conditions", "samples", "recon_items", "extractor_steps", "grid_conditions"):
+            if getattr(self, name) < 1:
+                raise IQVAEError(f"option 'ablation.{name}' must be at least 1, got {getattr(self, name)}")
+        if self.fig6_system not in SYSTEMS:
+            raise IQVAEError(f"option 'ablation.fig6_system' must be one of {list(SYSTEMS)}, got {self.fig6_system!r}")
+
+
+@dataclass
+class Plan:
+    work: Path
+    tok_base: Any
+    gpt_base: Any
+    settings: BenchSettings
+    progress: bool
+    tok_configs: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_overrides(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"tokenizer": [], "transformer": [], "ablation": []}
+    for item in items:
+        head, _, rest = item.partition(".")
+        if head not in out or not rest or "=" not in rest:
+            raise IQVAEError(f"--set expects tokenizer.KEY=VALUE, transformer.KEY=VALUE or ablation.KEY=VALUE; "
+                             f"got {item!r}")
+        out[head].append(rest)
+    return out
+
+
+def _check_same_config(run_dir: Path, cfg: Any) -> None:
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+        raise IQVAEError(f"'{run_dir}' holds a run with another configuration (budget, --set or code changed); "
+                         "choose another --work folder or delete it")
+
+
+def _grid_ch_mult(ch_mult: tuple[int, ...], resolution: int, grid: int) -> tuple[int, ...]:
+    levels = int(round(math.log2(resolution / grid))) + 1
+    if grid < 1 or resolution % grid or 2 ** (levels - 1) != resolution // grid:
+        raise IQVAEError(f"option 'ablation.fig6_grids': {grid} does not divide {resolution} px by a power of 2")
+    return tuple(ch_mult[:levels]) + (ch_mult[-1],) * max(0, levels - len(ch_mult))
+
+
+def tokenizer_run(plan: Plan, system: System, seed: int, grid: int | None = None) -> tuple[Path, Any, Path]:
+    """(tokenizer run folder, its config, codes folder), trained / encoded when missing."""
+    cfg = apply_overrides(plan.tok_base, [*system.tok_overrides, f"train.seed={seed}"])
+    key = system.tokenizer
+    if grid is not None and grid != cfg.model.grid:
+        cfg = apply_overrides(cfg, [f"model.ch_mult={list(_grid_ch_mult(cfg.model.ch_mult, cfg.model.resolution, grid))}"])
+        key = f"{key}-g{grid}"
+    run = plan.work / "tok" / f"{key}-s{seed}"
+    _check_same_config(run, cfg)
+    ensure_tokenizer(cfg, run, progress=plan.progress, say=_say)
+    codes = ensure_codes(cfg, run, run / "codes", progress=plan.progress, say=_say)
+    return run, cfg, codes
+
+
+def transformer_run(plan: Plan, name: str, system: System, seed: int, codes: Path, tag: str = "") -> Path:
+    cfg = apply_overrides(plan.gpt_base, [f"codes={codes.resolve()}", *system.gpt_overrides, f"train.seed={seed}"])
+    run = plan.work / "gpt" / f"{name}{tag}-s{seed}"
+    _check_same_config(run, cfg)
+    ensure_transformer(cfg, run, progress=plan.progress, say=_say)
+    return run
+
+
+def _say(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"[ablation] {msg}")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def evaluate_run(plan: Plan, name: str, seed: int, pipe: Path, codes: Path, extractor: Any, source: str,
+                 lpips: Any, lpips_reason: str) -> dict[str, Any]:
+    from ..metrics.evaluate_cmd import evaluate_model, write_results
+
+    s = plan.settings
+    out = plan.work / "eval" / f"{name}-s{seed}"
+    want = {"conditions": s.conditions, "samples_per_condition": s.samples, "seed": s.eval_seed, "top_k": s.top_k,
+            "extractor": getattr(extractor, "name", None), "lpips": getattr(lpips, "label", None)}
+    if (out / "metrics.json").is_file():
+        res = _read(out / "metrics.json")
+        if all(res["protocol"].get(k) == v for k, v in want.items()):
+            return res
+    _say(f"evaluating {name} seed {seed}")
+    res = evaluate_model(pipe, split="test", conditions=s.conditions, samples=s.samples, seed=s.eval_seed,
+                         top_k=s.top_k, extractor=extractor, extractor_source=source, lpips=lpips,
+                         lpips_reason=lpips_reason, codes=str(codes), real_images=s.real_images,
+                         recon_items=s.recon_items, progress=plan.progress)
+    write_results(res, out)
+    return res
+
+
+def row_numbers(res: dict[str, Any], tok_run: Path, gpt_run: Path) -> dict[str, float | None]:
+    """The per-seed numbers of one system that the table reports."""
+    m = res["metrics"]
+
+    def get(entry: dict, key: str) -> float | None:
+        return float(entry[key]) if entry.get("available") else None
+
+    shapes = m["shapes"]["samples"] if m["shapes"].get("available") else {}
+    tok_s = _read(tok_run / "report.json").get("train_seconds", float("nan"))
+    gpt_s = _read(gpt_run / "report.json").get("train_seconds", float("nan"))
+    return {
+        "fd": get(m["fd"], "value"), "kid": get(m["kid"], "mean"), "swd": get(m["swd"], "mean"),
+        "lpips_diversity": get(m["lpips_diversity"], "mean"), "nll_bits": get(m["nll"], "bits_per_token"),
+        "palette_accuracy": shapes.get("palette_accuracy"), "mask_miou": shapes.get("mask_miou"),
+        "mode_coverage": shapes.get("mode_coverage"), "recon_psnr": m["reconstruction"]["psnr"],
+        "recon_ssim": m["reconstruction"]["ssim"], "tokenizer_seconds": float(tok_s),
+        "transformer_seconds": float(gpt_s), "train_seconds": float(tok_s) + float(gpt_s),
+    }
+
+
+def run_ablation_bench(args: argparse.Namespace) -> int:
+    from ..metrics.commands import build_lpips_from_args
+    from ..metrics.extractor import resolve_extractor
+    from ..metrics.fd import metric_name
+    from ..train.common import machine_info
+    from ..train.tokenizer import TokenizerRunConfig
+    from ..train.transformer import TransformerRunConfig
+    from .ablation_report import fig6_points, write_outputs
+
+    if args.world != "shapes":
+        raise IQVAEError(f"--world must be 'shapes' (the only world with exact metrics and a built-in extractor); "
+                         f"got {args.world!r}")
+    if args.seeds < 1:
+        raise IQVAEError(f"--seeds must be at least 1; got {args.seeds}")
+    names = list(SYSTEMS) if not args.systems else [s.strip() for s in args.systems.split(",") if s.strip()]
+    bad = [n for n in names if n not in SYSTEMS]
+    if bad or not names:
+        raise IQVAEError(f"--systems: unknown system {bad[0] if bad else '(none)'!r}; choose from {', '.join(SYSTEMS)}")
+    over = _split_overrides(list(getattr(args, "set", None) or []))
+    preset = f"ablation-{args.budget}"
+    tok_base = build_config(TokenizerRunConfig, "tokenizer", preset=preset, overrides=[f"data.cond={args.cond}",
+                                                                                      *over["tokenizer"]])
+    gpt_base = build_config(TransformerRunConfig, "transformer", preset=preset, overrides=over["transformer"])
+    settings = apply_overrides(from_dict(BenchSettings, load_preset(preset).get("ablation") or {}), over["ablation"])
+    progress = not args.no_progress
+    plan = Plan(Path(args.work) / args.budget, tok_base, gpt_base, settings, progress)
+    lpips, lpips_reason = build_lpips_from_args(_lpips_ns(args))
+    extractor, source = resolve_extractor(data=tok_base.data, extractor=getattr(args, "extractor", None),
+                                          inception_weights=getattr(args, "inception_weights", None),
+                                          cache=getattr(args, "cache", None), steps=settings.extractor_steps, log=_say)
+    seeds = list(range(args.seeds))
+    per_seed: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    pipes: dict[str, Path] = {}
+    for seed in seeds:
+        for name in names:
+            system = SYSTEMS[name]
+            tok_run, _, codes = tokenizer_run(plan, system, seed)
+            gpt_run = transformer_run(plan, name, system, seed, codes)
+            pipe = ensure_pipeline(tok_run, gpt_run, plan.work / "pipe" / f"{name}-s{seed}")
+            res = evaluate_run(plan, name, seed, pipe, codes, extractor, source, lpips, lpips_reason)
+            per_seed[name].append({"seed": seed, **row_numbers(res, tok_run, gpt_run)})
+            pipes.setdefault(name, pipe)
+    fig6 = fig6_points(plan, seeds[:settings.fig6_seeds])
+    info = {"machine": machine_info(), "budget": args.budget, "preset": preset, "seeds": seeds, "systems": names,
+            "world": args.world, "cond": args.cond, "set": list(getattr(args, "set", None) or []),
+            "settings": to_dict(settings), "tokenizer_config": to_dict(tok_base), "transformer_config": to_dict(gpt_base),
+            "extractor": getattr(extractor, "name", None), "extractor_source": source,
+            "fd_name": metric_name(extractor) if extractor is not None else None,
+            "lpips": getattr(lpips, "label", None), "lpips_reason": lpips_reason}
+    out = write_outputs(Path(args.out), info, per_seed, pipes, fig6, settings)
+    print(f"wrote {', '.join(str(p) for p in out)}")
+    return 0
+
+
+def _lpips_ns(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(lpips_backbone=getattr(args, "lpips_backbone", None),
+                              lpips_lin=getattr(args, "lpips_lin", None), lpips_net=getattr(args, "lpips_net", "vgg"))

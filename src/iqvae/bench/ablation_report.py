@@ -1,0 +1,200 @@
+"""Outputs of ``iqvae bench ablation``: ablation.md / .json / .png and the Fig. 6 trade-off (ablation_fig6.png).
+
+Aggregation: mean and sample standard deviation (n - 1 denominator) over seeds; with one seed the std is
+undefined and no ordering is claimed.  Ordering rule: an ordering of two rows is claimed only when the difference
+of their means exceeds the combined std ``sqrt(std_a^2 + std_b^2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+# (key in the per-seed numbers, column title, higher is better?)
+COLUMNS = [
+    ("fd", "{fd}", False), ("swd", "SWD x1e3", False), ("lpips_diversity", "{lpips} diversity", True),
+    ("nll_bits", "NLL bits/token (val)", False), ("palette_accuracy", "palette acc.", True),
+    ("mask_miou", "mask mIoU", True), ("mode_coverage", "mode coverage", True),
+    ("train_seconds", "train s (tok + T)", None),
+]
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return None, None
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def summarize(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, rows in per_seed.items():
+        keys = [k for k in rows[0] if k != "seed"] if rows else []
+        out[name] = {}
+        for k in keys:
+            m, s = mean_std([r.get(k) for r in rows])
+            out[name][k] = {"mean": m, "std": s, "n": sum(r.get(k) is not None for r in rows)}
+    return out
+
+
+def _cell(e: dict[str, float | None]) -> str:
+    if e["mean"] is None:
+        return "n/a"
+    return f"{e['mean']:.4g}" + (f" ± {e['std']:.2g}" if e["std"] is not None else "")
+
+
+def noise_sentence(a: str, b: str, summary: dict[str, Any], key: str, title: str) -> str:
+    ea, eb = summary[a].get(key), summary[b].get(key)
+    if not ea or not eb or ea["mean"] is None or eb["mean"] is None:
+        return f"{title}: n/a"
+    diff = eb["mean"] - ea["mean"]
+    if ea["std"] is None or eb["std"] is None:
+        return f"{title}: {ea['mean']:.4g} → {eb['mean']:.4g} (one seed: no ordering claimed)"
+    noise = math.sqrt(ea["std"] ** 2 + eb["std"] ** 2)
+    verdict = "exceeds the noise" if abs(diff) > noise else "within the noise, no ordering claimed"
+    return f"{title}: {ea['mean']:.4g} → {eb['mean']:.4g} (Δ {diff:+.3g}, combined std {noise:.2g}: {verdict})"
+
+
+def fig6_points(plan: Any, seeds: list[int]) -> list[dict[str, Any]]:
+    """Train / reuse the latent-size sweep; one point per (grid, seed)."""
+    import json
+
+    from .ablation import SYSTEMS, tokenizer_run, transformer_run
+
+    s = plan.settings
+    system = SYSTEMS[s.fig6_system]
+    base = plan.tok_base.model.grid
+    points = []
+    for grid in s.fig6_grids:
+        for seed in seeds:
+            tok_run, cfg, codes = tokenizer_run(plan, system, seed, grid)
+            gpt_run = transformer_run(plan, s.fig6_system, system, seed, codes, tag="" if grid == base else f"-g{grid}")
+            tok, gpt = json.loads((tok_run / "report.json").read_text()), json.loads((gpt_run / "report.json").read_text())
+            depth = cfg.model.rq_depth if cfg.model.quantizer == "rq" else 1
+            points.append({"grid": grid, "seed": seed, "tokens": grid * grid * depth, "ssim": tok["ssim"],
+                           "one_minus_ssim": 1.0 - tok["ssim"], "psnr": tok["psnr"],
+                           "nll_bits": gpt.get("val_nll_bits_per_token")})
+    return points
+
+
+def fig6_plot(points: list[dict[str, Any]], path: Path, system: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
+    for grid in sorted({p["grid"] for p in points}):
+        ps = [p for p in points if p["grid"] == grid and p["nll_bits"] is not None]
+        if not ps:
+            continue
+        (xm, xs), (ym, ys) = mean_std([p["one_minus_ssim"] for p in ps]), mean_std([p["nll_bits"] for p in ps])
+        ax.errorbar([xm], [ym], xerr=[xs or 0], yerr=[ys or 0], fmt="o", capsize=3)
+        ax.annotate(f"{grid}x{grid}", (xm, ym), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("reconstruction error: 1 - SSIM (val)")
+    ax.set_ylabel("transformer NLL, bits/token (val)")
+    ax.set_title(f"latent size trade-off ({system}; cf. Fig. 6)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def samples_grid(pipes: dict[str, Path], settings: Any, path: Path) -> Path:
+    """condition | samples for the first ``grid_conditions`` test conditions, one row per system (seed 0)."""
+    from ..data.config import build_dataset
+    from ..data.preview import image_tile, render_tile, tile_size
+    from ..evaluate import draw_samples
+    from ..pipeline import IQVAEPipeline
+    from ..viz import grid_image
+
+    rows, labels = [], []
+    for name, d in pipes.items():
+        pipe = IQVAEPipeline.from_pretrained(d)
+        data = pipe.tokenizer.data_config
+        test = build_dataset(data, "test")
+        s = draw_samples(pipe, test, data.cond, num_conditions=settings.grid_conditions,
+                         samples_per_condition=settings.samples, seed=settings.eval_seed, top_k=settings.top_k)
+        tile = tile_size(pipe.resolution)
+        row = []
+        for i, c in enumerate(s.conds):
+            row.append(render_tile(data.cond, c, pipe.cond_spec, tile))
+            row.extend(image_tile(x, tile) for x in s.images[i])
+        rows.append(row)
+        labels.append(name)
+    img = grid_image(rows, labels=labels, scale=1)
+    img.save(path)
+    return path
+
+
+def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict[str, Any]]],
+                  pipes: dict[str, Path], fig6: list[dict[str, Any]], settings: Any) -> list[Path]:
+    from ..errors import IQVAEError
+    from ..train.common import write_json
+    from .ablation import SYSTEMS, TABLE3
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IQVAEError(f"--out '{out}': cannot create the folder: {e.strerror or e}") from None
+    summary = summarize(per_seed)
+    write_json(out / "ablation.json", {"info": info, "per_seed": per_seed, "summary": summary, "fig6": fig6})
+    png = samples_grid(pipes, settings, out / "ablation.png")
+    fig6_png = fig6_plot(fig6, out / "ablation_fig6.png", settings.fig6_system) if fig6 else None
+    fd_name = info.get("fd_name")
+    lp = info["lpips"] or "LPIPS"
+    titles = {k: t.format(fd=fd_name or "FD", lpips=lp) for k, t, _ in COLUMNS}
+    m = info["machine"]
+    tok, gpt = info["tokenizer_config"], info["transformer_config"]
+    lines = [
+        f"# Ablation (Table 3 + sVQ + RQ) on the {info['world']} world, condition `{info['cond']}`", "",
+        f"Budget `{info['budget']}` (preset `{info['preset']}`{'; overrides ' + ', '.join(info['set']) if info['set'] else ''}), "
+        f"seeds {info['seeds']}, commit {m.get('commit')}, {m.get('cpu_count')} CPU core(s), CUDA {m.get('cuda')}, "
+        f"torch {m.get('torch')}.", "",
+        f"Equal compute: every tokenizer {tok['train']['steps']} steps × batch {tok['train']['batch_size']} "
+        f"(ch {tok['model']['ch']}, ch_mult {tok['model']['ch_mult']}, {tok['model']['num_codes']} codes × "
+        f"{tok['model']['embed_dim']}), every transformer {gpt['train']['steps']} steps × batch "
+        f"{gpt['train']['batch_size']} ({gpt['model']['n_layer']} × {gpt['model']['n_embd']}); "
+        f"{tok['data']['train_size']} train scenes at {tok['data']['resolution']} px.  iq-vr and iq-vr+gs share each "
+        "seed's tokenizer (only stage 2 differs); the RQ row has rq_depth codes per position, so a longer sequence.",
+        "",
+        f"Evaluation: the first {settings.conditions} test conditions × {settings.samples} samples, sampling seed "
+        f"{settings.eval_seed}, top-k {settings.top_k}; FD/KD extractor: {info['extractor_source']}; "
+        + (f"LPIPS: {info['lpips']}." if info["lpips"] else f"LPIPS diversity: n/a — {info['lpips_reason']}."),
+        "Cells: mean ± sample std over seeds.  Train time = tokenizer + transformer seconds of the run (a shared "
+        "tokenizer counts for each system using it).", "",
+        "| system | " + " | ".join(titles[k] for k, _, _ in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for name in per_seed:
+        lines.append(f"| {name} ({SYSTEMS[name].label}) | "
+                     + " | ".join(_cell(summary[name].get(k, {"mean": None, "std": None})) for k, _, _ in COLUMNS) + " |")
+    lines += ["", "## Is the ordering of Table 3 above the noise?", "",
+              "An ordering is claimed only when the difference of means exceeds the combined std "
+              "sqrt(std_a² + std_b²) over seeds.", ""]
+    rows3 = [n for n in TABLE3 if n in per_seed]
+    for a, b in zip(rows3, rows3[1:]):
+        parts = [noise_sentence(a, b, summary, k, titles[k]) for k, _, better in COLUMNS if better is not None]
+        lines.append(f"- **{a} → {b}**: " + "; ".join(parts) + ".")
+    if len(rows3) < 2:
+        lines.append("- fewer than two Table-3 rows were run; nothing to compare.")
+    lines += ["", f"Samples: `{png.name}` (condition | {settings.samples} samples, per system, seed 0, the first "
+              f"{settings.grid_conditions} test conditions).", ""]
+    if fig6:
+        lines += ["## NLL vs reconstruction error (cf. Fig. 6)", "",
+                  f"System `{settings.fig6_system}`, latent grids {settings.fig6_grids} (number of ch_mult levels), "
+                  f"seeds {sorted({p['seed'] for p in fig6})}; x = 1 − SSIM of the tokenizer's validation "
+                  f"reconstructions, y = the transformer's validation NLL. Plot: `{fig6_png.name}`.", "",
+                  "| grid | tokens | 1 − SSIM | PSNR | NLL bits/token |", "|---|---|---|---|---|"]
+        for grid in settings.fig6_grids:
+            ps = [p for p in fig6 if p["grid"] == grid]
+            cells = [mean_std([p[k] for p in ps]) for k in ("one_minus_ssim", "psnr", "nll_bits")]
+            lines.append(f"| {grid}x{grid} | {ps[0]['tokens']} | "
+                         + " | ".join(_cell({"mean": mv, "std": sv}) for mv, sv in cells) + " |")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [out / "ablation.md", out / "ablation.json", png] + ([fig6_png] if fig6_png else [])

@@ -1,0 +1,266 @@
+"""``iqvae evaluate``: every metric of a trained pipeline on one split, as ``metrics.json`` and ``metrics.md``.
+
+Protocol (also written into both files):
+
+* conditions: the first C items of the split; the pipeline draws N samples for each from one generator seeded
+  with ``seed`` (:func:`iqvae.evaluate.draw_samples`), with the given top-k / top-p / temperature.
+* reference reals: the first M = max(C, ``real_images``) items of the split (by default M = C: the real images of
+  the evaluated conditions).
+* FD / KD: reals vs all C x N samples under one extractor; named "FID" / "KID" only with the standard Inception
+  weights, else "FD-<extractor>" / "KD-<extractor>".  KD: 100 subsets of min(1000, M, C x N) features, seed ``seed``.
+* SWD (x1e3, Karras; mean over Laplacian levels down to 16 px): n = min(M, C x N) reals vs n samples taken
+  sample-major (sample 0 of every condition, then sample 1, ...), so with M = C it is reals vs one sample per
+  condition.  Needs images of at least 16 px.
+* LPIPS diversity: all pairs of the N samples of each condition (C x N(N-1)/2 distances); only with both LPIPS
+  weight files (otherwise unavailable, with the reason).
+* NLL: bits per image token of the transformer on token codes (``--codes``, else the ``codes/`` folder next to
+  the pipeline's checkpoints); the codes of the evaluated split when present, else of ``val``.
+* reconstruction: the tokenizer on the first ``recon_items`` items: PSNR, SSIM, codebook usage / perplexity,
+  condition reconstruction (:mod:`iqvae.metrics.tokenizer_report`) and rFD = FD(reals, reconstructions).
+* Shapes world: palette accuracy, mask mIoU, mode coverage of the samples; palette accuracy and mask mIoU of the
+  C real images (the ceiling).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import IQVAEError
+
+KID_SUBSETS = 100
+
+
+def unavailable(reason: str) -> dict[str, Any]:
+    return {"available": False, "reason": reason}
+
+
+def fd_kid(real: torch.Tensor, fake: torch.Tensor, extractor: Any, seed: int = 0) -> tuple[dict, dict]:
+    """FD and KD entries of ``real`` vs ``fake`` (``(N, 3, H, W)`` in [-1, 1]) under ``extractor``."""
+    from .fd import frechet_distance, kid, metric_name
+
+    if real.shape[0] < 2 or fake.shape[0] < 2:
+        why = f"FD needs at least 2 images per set (got {real.shape[0]} real, {fake.shape[0]} generated)"
+        return unavailable(why), unavailable(why)
+    fd = {"available": True, "name": metric_name(extractor), "value": frechet_distance(real, fake, extractor),
+          "real": int(real.shape[0]), "fake": int(fake.shape[0])}
+    size = min(1000, real.shape[0], fake.shape[0])
+    mean, std = kid(real, fake, extractor, subset_size=size, subsets=KID_SUBSETS, seed=seed)
+    kd = {"available": True, "name": metric_name(extractor, kernel=True), "mean": mean, "std": std,
+          "subset_size": size, "subsets": KID_SUBSETS}
+    return fd, kd
+
+
+def swd_entry(real: torch.Tensor, samples: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+    """SWD of the reference reals vs the samples ``(C, N, 3, H, W)`` taken sample-major (see the module docstring)."""
+    from .swd import MIN_RESOLUTION, sliced_wasserstein_distance
+
+    if real.shape[-1] < MIN_RESOLUTION:
+        return unavailable(f"SWD needs images of at least {MIN_RESOLUTION} px; these are {real.shape[-1]} px")
+    fake = samples.transpose(0, 1).reshape(-1, *samples.shape[2:])
+    n = min(real.shape[0], fake.shape[0])
+    r = sliced_wasserstein_distance(real[:n], fake[:n], seed=seed)
+    return {"available": True, "name": "SWDx1e3", "mean": r["mean"], "per_level": r["per_level"],
+            "resolutions": r["resolutions"], "images": n, "protocol": r["protocol"]}
+
+
+def find_codes(model_dir: Path, codes: str | None, transformer: Any) -> Path | None:
+    if codes:
+        p = Path(codes)
+        if not (p / "codes.json").is_file():
+            raise IQVAEError(f"--codes '{p}' holds no token codes (codes.json is missing)")
+        return p
+    cands = [model_dir / "codes"]
+    recorded = getattr(transformer, "codes_meta", {}).get("dir")  # if a future checkpoint records its codes folder
+    if recorded:
+        cands.append(Path(recorded))
+    return next((c for c in cands if (c / "codes.json").is_file()), None)
+
+
+def nll_entry(transformer: Any, codes_dir: Path | None, split: str, batch_size: int = 64) -> dict[str, Any]:
+    from ..codes import load_codes, read_codes_meta
+    from ..train.transformer import validation_nll
+
+    if codes_dir is None:
+        return unavailable("no token codes: pass --codes DIR (written by `iqvae encode`) or keep a codes/ folder "
+                           "next to the pipeline's checkpoints")
+    meta = read_codes_meta(codes_dir)
+    c = transformer.config
+    for key, want in (("n_image", c.n_image), ("n_cond", c.n_cond), ("image_vocab", c.image_vocab),
+                      ("cond_vocab", c.cond_vocab)):
+        if int(meta.get(key, -1)) != int(want):
+            raise IQVAEError(f"--codes '{codes_dir}': {key} is {meta.get(key)} but the transformer expects {want}; "
+                             "these codes come from another tokenizer")
+    use = split if split in meta["splits"] else "val"
+    if use not in meta["splits"]:
+        return unavailable(f"'{codes_dir}' has no codes for split '{split}' or 'val'")
+    cs = load_codes(codes_dir, use)
+    dev = next(transformer.parameters()).device
+    bits = validation_nll(transformer, cs.cond, cs.image, batch_size=batch_size, device=dev)
+    transformer.eval()
+    return {"available": True, "bits_per_token": bits, "split": use, "sequences": len(cs), "codes": str(codes_dir)}
+
+
+@torch.no_grad()
+def reconstructions(tokenizer: Any, dataset: Any, cond_name: str, n: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reals, reconstructions) of the first ``n`` items."""
+    from ..data.record import collate
+
+    dev = next(tokenizer.parameters()).device
+    reals, recs = [], []
+    for i in range(0, n, batch_size):
+        b = collate([dataset[j] for j in range(i, min(n, i + batch_size))])
+        out = tokenizer(b.image.to(dev), b.cond[cond_name].to(dev))
+        reals.append(b.image)
+        recs.append(out.recon.clamp(-1, 1).float().cpu())
+    return torch.cat(reals), torch.cat(recs)
+
+
+def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: int = 16, samples: int = 8,
+                   seed: int = 0, top_k: int | None = 100, top_p: float | None = None, temperature: float = 1.0,
+                   extractor: Any = None, extractor_source: str = "", lpips: Any = None, lpips_reason: str = "",
+                   codes: str | None = None, real_images: int | None = None, recon_items: int = 256,
+                   progress: bool = False) -> dict[str, Any]:
+    """Every metric of the pipeline in ``model_dir``; see the module docstring.  ``extractor`` None: no FD."""
+    from ..data.config import build_dataset
+    from ..evaluate import draw_samples, real_shapes_metrics, shapes_metrics
+    from ..pipeline import IQVAEPipeline
+    from ..train.common import machine_info
+    from .tokenizer_report import reconstruction_metrics
+
+    if conditions < 1 or samples < 1:
+        raise IQVAEError(f"--conditions and --samples must be at least 1; got {conditions} and {samples}")
+    if recon_items < 1:
+        raise IQVAEError(f"--recon-items must be at least 1; got {recon_items}")
+    model_dir = Path(model_dir)
+    pipe = IQVAEPipeline.from_pretrained(model_dir)
+    data = getattr(pipe.tokenizer, "data_config", None)
+    if data is None:
+        raise IQVAEError(f"the tokenizer in '{model_dir}' records no data config; cannot find its dataset")
+    cond = data.cond
+    ds = build_dataset(data, split)
+    t0 = time.perf_counter()
+    s = draw_samples(pipe, ds, cond, num_conditions=conditions, samples_per_condition=samples, seed=seed,
+                     top_k=top_k, top_p=top_p, temperature=temperature, progress=progress)
+    sample_seconds = time.perf_counter() - t0
+    c, n = s.images.shape[:2]
+    m = min(len(ds), max(c, real_images or c))
+    real = s.real if m == c else torch.stack([ds[i].image for i in range(m)])
+    fake = s.images.reshape(c * n, *s.images.shape[2:])
+    out: dict[str, Any] = {}
+    if extractor is not None:
+        out["fd"], out["kid"] = fd_kid(real, fake, extractor, seed)
+    else:
+        out["fd"], out["kid"] = unavailable(extractor_source), unavailable(extractor_source)
+    out["swd"] = swd_entry(real, s.images, seed)
+    if lpips is None:
+        out["lpips_diversity"] = unavailable(lpips_reason or "no LPIPS weights given (--lpips-backbone and --lpips-lin)")
+    elif n < 2:
+        out["lpips_diversity"] = unavailable("LPIPS diversity needs at least 2 samples per condition")
+    else:
+        from .diversity import lpips_diversity
+
+        d = lpips_diversity(s.images, lpips, pairs="all", seed=seed)
+        out["lpips_diversity"] = {"available": True, "name": getattr(lpips, "label", "LPIPS"),
+                                  "calibrated": bool(getattr(lpips, "is_calibrated", False)), **d}
+    out["nll"] = nll_entry(pipe.transformer, find_codes(model_dir, codes, pipe.transformer), split)
+    k = min(recon_items, len(ds))
+    rec = reconstruction_metrics(pipe.tokenizer, ds, cond, limit=k)
+    if extractor is not None:
+        r_real, r_rec = reconstructions(pipe.tokenizer, ds, cond, k)
+        rfd, _ = fd_kid(r_real, r_rec, extractor, seed)
+        if rfd.get("available"):
+            rfd["name"] = "r" + rfd["name"]
+        rec["rfd"] = rfd
+    else:
+        rec["rfd"] = unavailable(extractor_source)
+    out["reconstruction"] = {"available": True, **rec}
+    if data.dataset == "shapes":
+        seg = [ds[i].cond["seg"] for i in s.indices]
+        out["shapes"] = {"available": True, "samples": shapes_metrics(s, seg), "real": real_shapes_metrics(ds, c)}
+    else:
+        out["shapes"] = unavailable(f"exact metrics exist only for the Shapes world, not '{data.dataset}'")
+    protocol = {
+        "model": str(model_dir), "dataset": data.dataset, "split": split, "condition": cond,
+        "resolution": pipe.resolution, "conditions": c, "samples_per_condition": n, "seed": seed,
+        "top_k": top_k, "top_p": top_p, "temperature": temperature, "reference_reals": m,
+        "extractor": getattr(extractor, "name", None), "extractor_source": extractor_source,
+        "lpips": getattr(lpips, "label", None), "lpips_calibrated": bool(getattr(lpips, "is_calibrated", False)),
+        "recon_items": k, "sample_seconds": sample_seconds, "machine": machine_info(),
+    }
+    return {"protocol": protocol, "metrics": out}
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def metric_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) rows for the Markdown table, unavailable metrics with their reason."""
+    m = res["metrics"]
+    rows: list[tuple[str, str]] = []
+
+    def add(label: str, entry: dict, fmt) -> None:
+        rows.append((label, fmt(entry) if entry.get("available") else f"n/a ({entry['reason']})"))
+
+    add(m["fd"].get("name", "FD"), m["fd"], lambda e: _f(e["value"]))
+    add(m["kid"].get("name", "KD"), m["kid"], lambda e: f"{_f(e['mean'])} ± {_f(e['std'])}")
+    add("SWD x1e3 (mean over levels)", m["swd"], lambda e: _f(e["mean"]))
+    add(m["lpips_diversity"].get("name", "LPIPS") + " diversity", m["lpips_diversity"],
+        lambda e: f"{_f(e['mean'])} ± {_f(e['std'])}")
+    add("NLL (bits / image token)", m["nll"], lambda e: f"{_f(e['bits_per_token'])} ({e['split']} codes)")
+    r = m["reconstruction"]
+    for key in ("psnr", "ssim", "image_codebook_usage", "image_codebook_perplexity", "cond_codebook_usage",
+                "cond_codebook_perplexity", "cond_pixel_acc", "cond_miou", "cond_f1", "cond_token_acc", "cond_mse",
+                "palette_accuracy", "mask_miou"):
+        if key in r:
+            rows.append((f"reconstruction {key}", _f(r[key])))
+    add(r["rfd"].get("name", "rFD"), r["rfd"], lambda e: _f(e["value"]))
+    if m["shapes"].get("available"):
+        for key, v in m["shapes"]["samples"].items():
+            real = m["shapes"]["real"].get(key)
+            rows.append((f"{key} (samples; real ceiling)", f"{_f(v)}" + (f"; {_f(real)}" if real is not None else "")))
+    else:
+        rows.append(("Shapes exact metrics", f"n/a ({m['shapes']['reason']})"))
+    return rows
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    p = res["protocol"]
+    sampler = f"top-k {p['top_k']}, top-p {p['top_p']}, temperature {p['temperature']}"
+    lp = p["lpips"] or "none"
+    lines = [
+        f"# Evaluation of `{p['model']}`", "",
+        "## Protocol", "",
+        f"- data: {p['dataset']} / split `{p['split']}` / condition `{p['condition']}` at {p['resolution']} px",
+        f"- conditions: the first {p['conditions']} items of the split; {p['samples_per_condition']} samples each; "
+        f"sampling seed {p['seed']}; sampler: {sampler}",
+        f"- reference reals: the first {p['reference_reals']} items of the split",
+        f"- feature extractor: {p['extractor'] or 'none'} — {p['extractor_source']}",
+        f"- LPIPS: {lp} ({'calibrated' if p['lpips_calibrated'] else 'not calibrated / not used'})",
+        f"- reconstruction metrics over the first {p['recon_items']} items",
+        f"- sampling took {p['sample_seconds']:.1f} s; commit {p['machine'].get('commit')}, "
+        f"{p['machine'].get('cpu_count')} CPU core(s), CUDA {p['machine'].get('cuda')}", "",
+        "## Metrics", "", "| metric | value |", "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in metric_rows(res)]
+    lines += ["", "FD/KD are named after their extractor: \"FID\" only with the standard Inception weights. SWD: "
+              "Karras et al.'s protocol, see metrics.json for the per-level values. LPIPS diversity: "
+              + (res["metrics"]["lpips_diversity"].get("protocol", "n/a")) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(res: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    from ..train.common import write_json
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IQVAEError(f"--out '{out}': cannot create the folder: {e.strerror or e}") from None
+    write_json(out / "metrics.json", res)
+    (out / "metrics.md").write_text(render_markdown(res), encoding="utf-8")
+    return out / "metrics.json", out / "metrics.md"

@@ -1,0 +1,96 @@
+"""``iqvae bench ablation`` end to end at toy size: 2 systems x 2 seeds, a 2-point Fig. 6 sweep, then a re-run."""
+
+import argparse
+import json
+import statistics
+
+import pytest
+
+from iqvae.bench.ablation import run_ablation_bench
+from iqvae.errors import IQVAEError
+
+SYSTEMS = ["iq-vr", "iq-vr+gs"]  # the two share each seed's tokenizer
+TINY = [
+    "tokenizer.data.train_size=32", "tokenizer.data.val_size=8", "tokenizer.data.test_size=8",
+    "tokenizer.model.ch=8", "tokenizer.model.embed_dim=8", "tokenizer.model.num_codes=16",
+    "tokenizer.model.cond_num_codes=16", "tokenizer.model.sgw_projections=4", "tokenizer.train.steps=2",
+    "tokenizer.train.batch_size=4", "transformer.model.n_layer=1", "transformer.model.n_embd=16",
+    "transformer.train.steps=2", "transformer.train.batch_size=4", "ablation.conditions=2", "ablation.samples=2",
+    "ablation.extractor_steps=2", "ablation.recon_items=4", "ablation.grid_conditions=2", "ablation.fig6_grids=[4, 8]",
+]
+
+
+def _args(tmp, **kw):
+    base = dict(world="shapes", cond="seg", budget="small", seeds=2, systems=",".join(SYSTEMS), out=str(tmp / "results"),
+                work=str(tmp / "work"), no_progress=True, set=list(TINY), cache=str(tmp / "cache"))
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablation")
+    assert run_ablation_bench(_args(tmp)) == 0
+    return tmp
+
+
+def test_outputs_exist_with_one_row_per_system(bench):
+    out = bench / "results"
+    for name in ("ablation.md", "ablation.json", "ablation.png", "ablation_fig6.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    md = (out / "ablation.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| iq-")]
+    assert [r.split(" ")[1] for r in rows] == SYSTEMS
+    assert "FD-shapes-cnn" in md and "| FID" not in md
+    assert "LPIPS diversity: n/a" in md
+    assert "**iq-vr → iq-vr+gs**" in md and "combined std" in md
+    data = json.loads((out / "ablation.json").read_text())
+    assert data["info"]["seeds"] == [0, 1] and data["info"]["machine"]["cpu_count"]
+    assert sorted({(p["grid"], p["tokens"]) for p in data["fig6"]}) == [(4, 16), (8, 64)]
+    assert "| 4x4 | 16 |" in md
+
+
+def test_summary_matches_per_seed_numbers(bench):
+    data = json.loads((bench / "results" / "ablation.json").read_text())
+    md = (bench / "results" / "ablation.md").read_text()
+    for name in SYSTEMS:
+        runs = data["per_seed"][name]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for key in ("fd", "swd", "nll_bits", "palette_accuracy", "mask_miou", "mode_coverage", "train_seconds"):
+            vals = [r[key] for r in runs]
+            s = data["summary"][name][key]
+            assert s["mean"] == pytest.approx(statistics.mean(vals), rel=1e-12, abs=1e-15)
+            assert s["std"] == pytest.approx(statistics.stdev(vals), rel=1e-9, abs=1e-15)
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} ("))
+        assert f"{data['summary'][name]['nll_bits']['mean']:.4g}" in row
+        # the per-seed NLL is the evaluation's NLL on the validation codes
+        ev = json.loads((bench / "work" / "small" / "eval" / f"{name}-s1" / "metrics.json").read_text())
+        assert runs[1]["nll_bits"] == ev["metrics"]["nll"]["bits_per_token"] and ev["metrics"]["nll"]["split"] == "val"
+    # iq-vr and iq-vr+gs use the same tokenizer (one tokenizer run per seed, plus the 4x4 sweep point)
+    tok_runs = sorted(p.name for p in (bench / "work" / "small" / "tok").iterdir())
+    assert tok_runs == ["iq-vr-g4-s0", "iq-vr-s0", "iq-vr-s1"]
+    assert data["per_seed"]["iq-vr"][0]["recon_ssim"] == data["per_seed"]["iq-vr+gs"][0]["recon_ssim"]
+
+
+def test_rerun_reuses_finished_runs(bench):
+    work = bench / "work" / "small"
+    watched = [work / "tok" / "iq-vr-s0" / "tokenizer" / "model.safetensors",
+               work / "gpt" / "iq-vr+gs-s1" / "transformer" / "model.safetensors",
+               work / "eval" / "iq-vr-s0" / "metrics.json"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    assert run_ablation_bench(_args(bench)) == 0
+    assert [p.stat().st_mtime_ns for p in watched] == before
+
+
+def test_changed_config_in_same_work_folder_is_refused(bench):
+    with pytest.raises(IQVAEError, match="another configuration"):
+        run_ablation_bench(_args(bench, set=[*TINY, "tokenizer.train.steps=3"]))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"world": "ade20k"}, "--world"), ({"systems": "iq-vr,nope"}, "--systems"), ({"seeds": 0}, "--seeds"),
+    ({"set": ["model.ch=3"]}, "--set"), ({"set": ["ablation.conditions=0"]}, "ablation.conditions"),
+])
+def test_bad_options(tmp_path, kw, match):
+    with pytest.raises(IQVAEError, match=match):
+        run_ablation_bench(_args(tmp_path, **kw))
