@@ -151,6 +151,8 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
 
     timer = Timer()
     bar = tqdm(total=total, initial=start, desc="transformer", disable=not (progress and main), dynamic_ncols=True)
+    window: dict[str, float] = {}  # running sums of the logged values since the last log row
+    counts: dict[str, int] = {}
     model.train()
     if resume:  # restore the RNG state last, right before the first step
         set_rng_state(ck.train_state["rng"])
@@ -168,8 +170,17 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         done = step + 1
+        window["loss"] = window.get("loss", 0.0) + loss.item()
+        for k, v in stats.items():  # Gumbel statistics are averaged over the steps that apply it
+            if k.startswith("gs_") and k not in ("gs_applied", "gs_rate", "gs_tau") and not stats.get("gs_applied"):
+                continue
+            window[k] = window.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+        counts["loss"] = counts.get("loss", 0) + 1
         if main and (done % t.log_every == 0 or done == total):
-            values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}
+            values = {"lr": lr, **{k: v / counts[k] for k, v in window.items()}}
+            window.clear()
+            counts.clear()
             if t.val_every and val is not None and done % t.val_every == 0:
                 values["val_nll_bits"] = validation_nll(raw, val.cond, val.image, batch_size=t.batch_size,
                                                         max_batches=cfg.val_batches, device=acc.device)
