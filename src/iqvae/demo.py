@@ -230,6 +230,11 @@ def run_demo(args: argparse.Namespace) -> int:
                                   seed=args.seed, progress=not args.no_progress)
         results[cond] = r
     report = build_report(root, results, time.perf_counter() - t0)
+    from .train.common import write_json
+
+    write_json(root / "metrics.json", {c: {"metrics": r["eval"]["metrics"], "timings": r["timings"],
+                                           "conditions": args.conditions, "samples": args.samples, "seed": args.seed}
+                                       for c, r in results.items()})
     print("\nIQ-VAE demo finished in {:.0f} s".format(time.perf_counter() - t0))
     for cond, r in results.items():
         m = r["eval"]["metrics"]
