@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from iqvae.cli import main
 from iqvae.config import describe

@@ -230,6 +230,28 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def prepare_run_dir(run_dir: Path, config: dict[str, Any], *, resume: bool, main: bool) -> Path:
+    """Check ``--resume`` against the folder (a checkpoint exists, the configuration is the saved one) or refuse to
+    overwrite a run; write ``config.yaml``.  Returns the path of the resumable checkpoint ``checkpoints/last``."""
+    import yaml
+
+    from ..errors import CheckpointError
+
+    last = run_dir / "checkpoints" / "last"
+    if resume:
+        if not last.is_dir():
+            raise CheckpointError(f"--resume: no checkpoint at '{last}'")
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if saved != config:
+            raise ConfigError(f"--resume: the configuration differs from the one saved in '{run_dir / 'config.yaml'}'")
+    elif last.exists():
+        raise ConfigError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return last
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import from_dict, opt, to_dict
@@ -26,7 +25,7 @@ from ..data.record import collate
 from ..errors import CheckpointError, ConfigError
 from ..losses.vqgan import LossConfig, VQGANLoss
 from ..models.tokenizer import IQVAE, IQVAEConfig
-from .common import LoopConfig, RunLog, StepBatches, Timer, lr_at, machine_info, make_accelerator, set_lr, write_json
+from .common import prepare_run_dir, LoopConfig, RunLog, StepBatches, Timer, lr_at, machine_info, make_accelerator, set_lr, write_json
 
 TRAIN_KIND = "iqvae-tokenizer-train"
 MODEL_KIND = "iqvae-tokenizer"
@@ -101,18 +100,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
     say = (lambda msg: tqdm.write(f"[tokenizer] {msg}")) if main else (lambda msg: None)
     if t.threads:
         torch.set_num_threads(t.threads)
-    last = run_dir / "checkpoints" / "last"
-    if resume:
-        if not last.is_dir():
-            raise CheckpointError(f"--resume: no checkpoint at '{last}'")
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if saved != to_dict(cfg):
-            raise ConfigError(f"--resume: the configuration differs from the one saved in '{run_dir / 'config.yaml'}'")
-    elif last.exists():
-        raise ConfigError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    last = prepare_run_dir(run_dir, to_dict(cfg), resume=resume, main=main)
 
     torch.manual_seed(t.seed)
     train_ds = build_dataset(cfg.data, "train")

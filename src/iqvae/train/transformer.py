@@ -18,14 +18,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..codes import load_codebooks, load_codes, read_codes_meta
 from ..config import from_dict, opt, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..models.gpt import GPT, GPTConfig
-from .common import LoopConfig, RunLog, Timer, batch_indices, lr_at, machine_info, make_accelerator, set_lr, shard, write_json
+from .common import prepare_run_dir, LoopConfig, RunLog, Timer, batch_indices, lr_at, machine_info, make_accelerator, set_lr, shard, write_json
 from .gumbel import GumbelConfig, training_loss
 
 TRAIN_KIND = "iqvae-transformer-train"
@@ -107,18 +106,7 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
     say = (lambda msg: tqdm.write(f"[transformer] {msg}")) if main else (lambda msg: None)
     if t.threads:
         torch.set_num_threads(t.threads)
-    last = run_dir / "checkpoints" / "last"
-    if resume:
-        if not last.is_dir():
-            raise CheckpointError(f"--resume: no checkpoint at '{last}'")
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if saved != to_dict(cfg):
-            raise ConfigError(f"--resume: the configuration differs from the one saved in '{run_dir / 'config.yaml'}'")
-    elif last.exists():
-        raise ConfigError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    last = prepare_run_dir(run_dir, to_dict(cfg), resume=resume, main=main)
 
     meta = read_codes_meta(cfg.codes)
     train = load_codes(cfg.codes, "train")
