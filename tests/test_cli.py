@@ -28,6 +28,7 @@ def test_help_lists_every_training_option(capsys):
     (["train-tokenizer", "--run-dir", "X", "--set", "train.steps=zero"], "'train.steps' expects an integer"),
     (["train-tokenizer", "--run-dir", "X", "--preset", "huge"], "unknown preset 'huge'"),
     (["train-tokenizer", "--run-dir", "X", "--cond", "smell"], "must be one of"),
+    (["train-tokenizer", "--run-dir", "X", "--set", "train.grad_accum=2"], "'train.grad_accum' is not supported"),
     (["train-transformer", "--run-dir", "X"], "pass --codes"),
     (["train-transformer", "--run-dir", "X", "--codes", "/nonexistent"], "run `iqvae encode` first"),
     (["encode", "--tokenizer", "/nonexistent", "--out", "X"], "not a checkpoint folder"),

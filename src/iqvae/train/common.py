@@ -42,7 +42,8 @@ class LoopConfig:
     lr_schedule: str = opt("constant", "constant | cosine (decay to lr_min after warm-up)")
     lr_min: float = opt(0.0, "final learning rate of the cosine schedule")
     grad_clip: float | None = opt(None, "clip the global gradient norm to this value")
-    grad_accum: int = opt(1, "gradient accumulation steps (accelerate)")
+    grad_accum: int = opt(1, "transformer: gradient accumulation (accelerate); each step is then one micro-batch "
+                             "and the optimizer steps every grad_accum steps (the tokenizer refuses values > 1)")
     mixed_precision: str = opt("no", "no | bf16 | fp16 autocast (GPU)")
     seed: int = opt(0, "seed of the batch order and of torch's RNG")
     log_every: int = opt(10, "write a CSV / TensorBoard row every N steps")

@@ -51,6 +51,9 @@ class TokenizerRunConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
+        if self.train.grad_accum != 1:
+            raise ConfigError("option 'train.grad_accum' is not supported by the tokenizer (its generator and "
+                              "discriminator steps alternate); use a larger batch_size or more processes")
         if self.model.resolution != self.data.resolution:
             raise ConfigError(
                 f"option 'model.resolution' ({self.model.resolution}) must equal 'data.resolution' ({self.data.resolution})"
