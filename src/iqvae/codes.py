@@ -47,11 +47,13 @@ def encode_dataset(tokenizer: Any, dataset: Any, cond_name: str, *, batch_size: 
     """Token codes of every item of ``dataset``."""
     from tqdm.auto import tqdm
 
+    from .viz import bar_options
+
     from .data.record import collate
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     imgs, conds = [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, disable=not progress, **bar_options()):
         enc = tokenizer.encode(batch.image.to(device), batch.cond[cond_name].to(device))
         imgs.append(flatten_tokens(enc.img_indices).to(torch.int32).cpu())
         conds.append(flatten_tokens(enc.cond_indices).to(torch.int32).cpu())

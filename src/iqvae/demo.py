@@ -146,6 +146,7 @@ def _train_in_subprocesses(conds: list[str], root: Path, args: argparse.Namespac
     from .config import build_config
     from .train.tokenizer import TokenizerRunConfig
     from .train.transformer import TransformerRunConfig
+    from .viz import bar_options
 
     tok = build_config(TokenizerRunConfig, "tokenizer", preset=preset)
     gpt = build_config(TransformerRunConfig, "transformer", preset=preset)
@@ -171,17 +172,16 @@ def _train_in_subprocesses(conds: list[str], root: Path, args: argparse.Namespac
                         n += int(float(lines[-1].split(",")[0])) + 1
         return n
 
-    bar = tqdm(total=total, desc=f"training {', '.join(conds)}", disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"training {', '.join(conds)}", disable=args.no_progress, **bar_options())
     try:
         while any(p.poll() is None for p, _ in procs.values()):
             time.sleep(2)
-            bar.n = min(done_steps(), total)
-            bar.refresh()
+            bar.update(min(done_steps(), total) - bar.n)  # respects mininterval (unlike refresh)
     except KeyboardInterrupt:
         for p, _ in procs.values():
             p.terminate()
         raise
-    bar.n = min(done_steps(), total)
+    bar.update(min(done_steps(), total) - bar.n)
     bar.close()
     failed = []
     for cond, (p, log) in procs.items():

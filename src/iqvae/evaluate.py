@@ -34,13 +34,15 @@ def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditi
                  temperature: float = 1.0, batch_conditions: int = 8, progress: bool = False) -> SampleSet:
     from tqdm.auto import tqdm
 
+    from .viz import bar_options
+
     if num_conditions < 1 or samples_per_condition < 1:
         raise IQVAEError("num_conditions and samples_per_condition must be at least 1")
     num_conditions = min(num_conditions, len(dataset))
     g = torch.Generator().manual_seed(seed)
     items = [dataset[i] for i in range(num_conditions)]
     out = []
-    for i in tqdm(range(0, num_conditions, batch_conditions), desc="sample", disable=not progress, dynamic_ncols=True):
+    for i in tqdm(range(0, num_conditions, batch_conditions), desc="sample", disable=not progress, **bar_options()):
         conds = torch.stack([s.cond[cond_name] for s in items[i:i + batch_conditions]])
         out.append(pipe(conds, num_images=samples_per_condition, top_k=top_k, top_p=top_p,
                         temperature=temperature, generator=g, output_type="pt"))

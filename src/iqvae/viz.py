@@ -12,6 +12,13 @@ from PIL import Image, ImageDraw
 from .errors import IQVAEError
 
 
+def bar_options() -> dict:
+    """tqdm options: redraw at most every 30 s when stderr is not a terminal (logs, CI), so logs stay readable."""
+    import sys
+
+    return {"dynamic_ncols": True} if sys.stderr.isatty() else {"mininterval": 30.0, "maxinterval": 60.0}
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

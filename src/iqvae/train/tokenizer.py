@@ -96,6 +96,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
     """
     from tqdm.auto import tqdm
 
+    from ..viz import bar_options
+
     run_dir = Path(run_dir)
     t = cfg.train
     acc = make_accelerator(t)
@@ -152,7 +154,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
                         meta={"step": step, "total": total}, train_state=state)
 
     timer = Timer()
-    bar = tqdm(total=total, initial=start, desc="tokenizer", disable=not (progress and main), dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="tokenizer", disable=not (progress and main), **bar_options())
     step = start
     model.train()
     batches = iter(loader)  # creating the iterator draws from torch's RNG: do it before restoring the RNG state

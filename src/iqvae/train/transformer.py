@@ -97,6 +97,8 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
                       stop_after: int | None = None) -> Path:
     from tqdm.auto import tqdm
 
+    from ..viz import bar_options
+
     run_dir = Path(run_dir)
     t = cfg.train
     if not cfg.codes:
@@ -138,7 +140,7 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
                             meta={"step": step, "total": total}, train_state=state)
 
     timer = Timer()
-    bar = tqdm(total=total, initial=start, desc="transformer", disable=not (progress and main), dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="transformer", disable=not (progress and main), **bar_options())
     window: dict[str, float] = {}  # running sums of the logged values since the last log row
     counts: dict[str, int] = {}
     model.train()
