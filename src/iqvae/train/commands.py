@@ -8,7 +8,7 @@ from pathlib import Path
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", default=None, help="named preset (see `iqvae presets`); default: tiny")
+    g.add_argument("--preset", default=None, help="named preset (see `iqvae presets`); default: small (the CPU quality preset)")
     g.add_argument("--config", default=None, help="YAML config file (a section of this command, or the whole file)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option (repeatable), e.g. --set train.steps=500; every option is listed below")
@@ -20,13 +20,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _epilog(cls: type, title: str) -> str:
     from ..config import format_options
 
-    return f"{title} options (set with --set KEY=VALUE):\n" + format_options(cls)
+    return (f"{title} options (set with --set KEY=VALUE; the defaults shown are the built-in ones, which the chosen "
+            f"preset overrides):\n" + format_options(cls))
 
 
 def _build(cls: type, section: str, args: argparse.Namespace, extra: list[str]):
     from ..config import build_config
 
-    preset = args.preset if (args.preset or args.config) else "tiny"
+    preset = args.preset if (args.preset or args.config) else "small"
     return build_config(cls, section, preset=preset, config_file=args.config, overrides=extra + list(args.overrides))
 
 
