@@ -10,7 +10,6 @@ spectrogram (low frequencies at the bottom, time to the right) with a viridis-li
 
 from __future__ import annotations
 
-import colorsys
 import math
 import textwrap
 from pathlib import Path
@@ -32,12 +31,11 @@ _CMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [25
 
 
 def label_colours(n: int) -> np.ndarray:
-    """``n`` distinct RGB uint8 colours; colour 0 is black (background), the rest are spread by the golden ratio."""
-    out = np.zeros((max(n, 1), 3), np.uint8)
-    for i in range(1, n):
-        h = (i * 0.618033988749895) % 1.0
-        out[i] = np.round(np.array(colorsys.hsv_to_rgb(h, 0.75, 1.0)) * 255)
-    return out
+    """``n`` distinct RGB uint8 colours (colour 0 black = background): the palette that ``iqvae sample``, the web
+    demo and condition files use (:func:`iqvae.condition_io.label_palette`), so a preview can be painted over."""
+    from ..condition_io import label_palette
+
+    return label_palette(max(n, 1))
 
 
 def colormap(x: np.ndarray) -> np.ndarray:
