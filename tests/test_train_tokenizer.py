@@ -1,7 +1,6 @@
 """The stage-1 loop's optional branches: adversarial training after disc_start, LPIPS from weight files, and a real
 dataset layout (ADE20K) read from disk."""
 
-import pytest
 import torch
 
 from iqvae.checkpoint import load_checkpoint

@@ -5,8 +5,8 @@ draws ``samples_per_condition`` images with the given sampler settings from one 
 
 * Shapes world (exact): palette accuracy over every sampled object, mask adherence (mIoU between the condition's
   segmentation and the one recovered from each sample), mode coverage (per condition, over its samples).
-* Any dataset: FD / KID against the real images of the same items, SWD, LPIPS diversity (pairs within a condition)
-  when a feature network / LPIPS is available, NLL in bits per token on the split's codes when given.
+FD / KID, SWD, LPIPS diversity and NLL are added on top of these samples by ``iqvae evaluate``
+(:mod:`iqvae.metrics.evaluate_cmd`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import argparse
 def condition_preview(cond, spec, resolution: int):
     """A PIL picture of one condition tensor (for grids)."""
     import numpy as np
+    import torch
     from PIL import Image
 
     from .condition_io import colorize_labels
@@ -18,7 +19,7 @@ def condition_preview(cond, spec, resolution: int):
     if m in ("edge", "keypoints", "layout"):
         x = cond.float().cpu()
         if m == "layout":
-            labels = (x * torch_arange(x.shape[0])[:, None, None]).amax(0).long()
+            labels = (x * torch.arange(x.shape[0], dtype=torch.float32)[:, None, None]).amax(0).long()
             return colorize_labels(labels.numpy(), x.shape[0])
         arr = (x.amax(0).clamp(0, 1).numpy() * 255).astype(np.uint8)
         return Image.fromarray(arr).convert("RGB")
@@ -28,12 +29,6 @@ def condition_preview(cond, spec, resolution: int):
         return Image.fromarray((x.flip(0).numpy() * 255).astype(np.uint8)).convert("RGB").resize((resolution, resolution))
     img = Image.new("RGB", (resolution, resolution), "white")
     return img
-
-
-def torch_arange(n: int):
-    import torch
-
-    return torch.arange(n, dtype=torch.float32)
 
 
 def caption_of(cond, spec) -> str | None:

@@ -193,7 +193,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
             log.log(step, values)
             bar.set_postfix(loss=f"{g_loss.item():.4f}")
         if main and t.image_every and (done % t.image_every == 0 or done == total):
-            _save_grid(run_dir / "images" / f"recon_{done:07d}.png", image, out, cfg.data.cond, spec)
+            _save_grid(run_dir / "images" / f"recon_{done:07d}.png", image, out.recon)
         bar.update(1)
         if done % t.checkpoint_every == 0 or done == total:
             save(done)
@@ -228,11 +228,11 @@ def _sync_grads(acc: Any, module: torch.nn.Module) -> None:
             p.grad /= acc.num_processes
 
 
-def _save_grid(path: Path, image: torch.Tensor, out: Any, cond_name: str, spec: Any) -> None:
+def _save_grid(path: Path, image: torch.Tensor, recon: torch.Tensor) -> None:
     from ..viz import save_image_grid
 
     n = min(8, image.shape[0])
-    rows = [image[:n].detach().float().cpu(), out.recon[:n].detach().float().cpu()]
+    rows = [image[:n].detach().float().cpu(), recon[:n].detach().float().cpu().clamp(-1, 1)]
     save_image_grid(path, rows, labels=["image", "reconstruction"])
 
 
