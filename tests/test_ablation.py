@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import statistics
 
 import pytest
@@ -22,7 +23,7 @@ TINY = [
 
 def _args(tmp, **kw):
     base = dict(world="shapes", cond="seg", budget="small", seeds=2, systems=",".join(SYSTEMS), out=str(tmp / "results"),
-                work=str(tmp / "work"), no_progress=True, set=list(TINY), cache=str(tmp / "cache"))
+                work=str(tmp / "work"), no_progress=True, set=list(TINY), cache=str(tmp / "cache"), jobs=2)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -70,6 +71,21 @@ def test_summary_matches_per_seed_numbers(bench):
     tok_runs = sorted(p.name for p in (bench / "work" / "small" / "tok").iterdir())
     assert tok_runs == ["iq-vr-g4-s0", "iq-vr-s0", "iq-vr-s1"]
     assert data["per_seed"]["iq-vr"][0]["recon_ssim"] == data["per_seed"]["iq-vr+gs"][0]["recon_ssim"]
+
+
+def test_parallel_workers_equal_a_sequential_run(bench, tmp_path):
+    """--jobs 2 (spawned workers, cores/2 threads each) writes the numbers of a one-process run with that thread count."""
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    seq = [*TINY, f"tokenizer.train.threads={threads}", f"transformer.train.threads={threads}"]
+    assert run_ablation_bench(_args(tmp_path, set=seq, jobs=1, cache=str(bench / "cache"))) == 0
+    par = json.loads((bench / "results" / "ablation.json").read_text())
+    one = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert par["info"]["jobs"] == 2 and one["info"]["jobs"] == 1
+    timing = {"tokenizer_seconds", "transformer_seconds", "train_seconds"}
+    for name in SYSTEMS:
+        for a, b in zip(par["per_seed"][name], one["per_seed"][name]):
+            assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert [p["nll_bits"] for p in par["fig6"]] == [p["nll_bits"] for p in one["fig6"]]
 
 
 def test_rerun_reuses_finished_runs(bench):

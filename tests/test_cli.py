@@ -106,3 +106,35 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "seg" / "timings.json").read_text() == before
     assert "training tokenizer" not in r.stderr
+
+
+def test_readme_manual_pipeline_samples_from_the_transformer_run(tmp_path):
+    """train-tokenizer -> encode -> train-transformer, then `sample --model <stage2 run>` finds the tokenizer through
+    the codes; the pipeline equals one assembled by hand from the two run folders."""
+    import torch
+
+    from iqvae.pipeline import IQVAEPipeline
+    from iqvae.train.tokenizer import load_tokenizer
+    from iqvae.train.transformer import load_transformer
+
+    tiny = ["--preset", "tiny", "--no-progress", "--set", "train.steps=2", "--set", "train.checkpoint_every=2"]
+    assert main(["train-tokenizer", *tiny, "--cond", "seg", "--set", "data.train_size=16", "--set", "data.val_size=4",
+                 "--set", "data.test_size=4", "--run-dir", str(tmp_path / "stage1")]) == 0
+    assert main(["encode", "--tokenizer", str(tmp_path / "stage1"), "--out", str(tmp_path / "codes"),
+                 "--no-progress"]) == 0
+    assert main(["train-transformer", *tiny, "--set", "model.pos_init=spatial", "--codes", str(tmp_path / "codes"),
+                 "--run-dir", str(tmp_path / "stage2")]) == 0
+    assert main(["sample", "--model", str(tmp_path / "stage2"), "--world", "shapes", "--index", "0", "-n", "2",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+    pipe = IQVAEPipeline.from_pretrained(tmp_path / "stage2")
+    tok, gpt = load_tokenizer(tmp_path / "stage1"), load_transformer(tmp_path / "stage2")
+    for a, b in ((pipe.tokenizer, tok), (pipe.transformer, gpt)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert gpt.config.pos_init == "spatial" and gpt.config.image_grid == list(tok.tokens_shape)
+    # a transformer whose tokenizer has gone is a clear error
+    import shutil
+
+    shutil.rmtree(tmp_path / "stage1")
+    assert main(["sample", "--model", str(tmp_path / "stage2"), "--world", "shapes", "--out", "x.png"]) == 2

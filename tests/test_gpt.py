@@ -195,3 +195,49 @@ def test_no_bias_variant_runs():
     cond, image = batch(cfg)
     assert model(cond, image).shape == (3, cfg.n_image, cfg.image_vocab)
     assert all(not n.endswith("bias") for n, _ in model.named_parameters())
+
+
+# ---------------------------------------------------------------------------------------------- pos_init=spatial
+def test_spatial_position_table_geometry():
+    """Aligned slots share codes, RMS is 0.02, and the code inner product depends only on the spatial offset."""
+    from iqvae.models.gpt import spatial_position_table
+
+    cfg = tiny(n_cond=24, n_image=24, n_embd=32, pos_init="spatial", image_grid=[4, 6])
+    table = spatial_position_table(cfg)
+    assert table.shape == (cfg.block_size, cfg.n_embd)
+    torch.testing.assert_close(table.pow(2).mean(1).sqrt(), torch.full((cfg.block_size,), 0.02))
+    n = cfg.n_cond
+    for j in range(1, cfg.n_image):  # the slot predicting image token j starts equal to condition token j
+        torch.testing.assert_close(table[n - 1 + j], table[j])
+    cond = table[:n].view(4, 6, -1)
+    # translation invariance of <P(r, c), P(r + dr, c + dc)> (sin/cos codes, equal norms)
+    for dr, dc in ((0, 1), (1, 0), (1, 2), (2, -1)):
+        dots = [float(cond[r, c] @ cond[r + dr, c + dc]) for r in range(4) for c in range(6)
+                if 0 <= r + dr < 4 and 0 <= c + dc < 6]
+        assert max(dots) - min(dots) < 1e-6, (dr, dc)
+    # distinct locations get distinct codes, and a location is closest to itself
+    gram = cond.reshape(24, -1) @ cond.reshape(24, -1).T
+    assert torch.equal(gram.argmax(1), torch.arange(24))
+    # GPT uses it as the initial value of its (learned) position table
+    model = GPT(cfg)
+    torch.testing.assert_close(model.wpe.weight.detach(), table)
+    assert model.wpe.weight.requires_grad
+
+
+def test_spatial_position_table_text_condition_and_rq_depth():
+    from iqvae.models.gpt import spatial_position_table
+
+    cfg = tiny(n_cond=10, n_image=18, n_embd=24, pos_init="spatial", image_grid=[3, 3, 2])
+    table = spatial_position_table(cfg)
+    img = table[cfg.n_cond - 1 : cfg.n_cond - 1 + cfg.n_image]
+    # depth levels of one location differ; equal locations/depths share codes across rows only when equal
+    assert not torch.allclose(img[1], img[2]) and not torch.allclose(img[2], img[3])  # j=1 depth 1 vs j=2 (0,1) depth 0
+    assert len({tuple(r.tolist()) for r in table[: cfg.n_cond]}) == cfg.n_cond  # 1-D codes of a caption
+    torch.testing.assert_close(table.pow(2).mean(1).sqrt(), torch.full((cfg.block_size,), 0.02))
+
+
+@pytest.mark.parametrize("kw, word", [({"pos_init": "sincos"}, "pos_init"), ({"pos_init": "spatial"}, "image_grid"),
+                                      ({"image_grid": [2, 3]}, "image_grid"), ({"image_grid": [7, 1, 1, 1]}, "image_grid")])
+def test_spatial_config_errors(kw, word):
+    with pytest.raises(ConfigError, match=word):
+        tiny(**kw).validate()

@@ -13,6 +13,7 @@ from iqvae.models.gpt import GPT, GPTConfig
 from iqvae.train.gumbel import (
     GumbelConfig,
     gumbel_mix,
+    gumbel_mix_tokens,
     gumbel_softmax_sample,
     reliability,
     replace_rate,
@@ -272,6 +273,30 @@ def test_first_pass_gradient_flag(hard):
     if hard:  # straight-through: identical forward value, different backward
         assert torch.equal(l0, l1)
     assert any(not torch.allclose(g0[n], g1[n]) for n in g0 if n.startswith("blocks"))
+
+
+@pytest.mark.parametrize("step", [0, 60, 200])
+def test_token_fast_path_equals_straight_through_embeddings(step):
+    """Defaults (hard, no first-pass gradient): feeding sampled ids gives the embedding path's loss and gradients."""
+    model, cond, image, codebook = setup(B=8)
+    cfg = GumbelConfig(threshold=-0.5, schedule="linear", linear_steps=200, tau_anneal_steps=200)
+    fast = run(model, cond, image, step, cfg, codebook, seed=11)
+    slow = run(model, cond, image, step, dataclasses.replace(cfg, token_fast_path=False), codebook, seed=11)
+    assert fast[2] == slow[2]  # same draws: same candidates, same replaced fraction
+    if step:
+        assert 0.0 < fast[2]["gs_replaced"] <= fast[2]["gs_candidates"] <= 1.0
+    torch.testing.assert_close(fast[0], slow[0], atol=1e-6, rtol=1e-6)
+    assert fast[1].keys() == slow[1].keys()
+    for n in fast[1]:
+        torch.testing.assert_close(fast[1][n], slow[1][n], atol=1e-6, rtol=1e-5, msg=n)
+    # the replaced ids are the argmax of the straight-through samples of the embedding path
+    tokens, replace, _ = gumbel_mix_tokens(model, cond, image, step, cfg, codebook, torch.Generator().manual_seed(11))
+    mixed, replace2, _ = gumbel_mix(model, cond, image, step, dataclasses.replace(cfg, token_fast_path=False),
+                                    codebook, torch.Generator().manual_seed(11))
+    assert torch.equal(replace, replace2)
+    torch.testing.assert_close(mixed, model.wte_image(tokens), atol=1e-7, rtol=0)
+    with pytest.raises(IQVAEError, match="first_pass_grad"):
+        gumbel_mix_tokens(model, cond, image, step, dataclasses.replace(cfg, first_pass_grad=True), codebook)
 
 
 def test_training_loss_gumbel_stats_and_determinism():

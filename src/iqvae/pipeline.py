@@ -48,6 +48,14 @@ class IQVAEPipeline:
         from .train.transformer import load_transformer
 
         path = Path(path)
+        if (path / "transformer").is_dir() and not (path / "tokenizer").is_dir():
+            # a `train-transformer` run folder: its codes name the tokenizer they were encoded with
+            transformer = load_transformer(path / "transformer")
+            tok = (getattr(transformer, "codes_meta", {}) or {}).get("tokenizer")
+            if not tok or not Path(tok).is_dir():
+                raise CheckpointError(f"'{path}' holds a transformer whose tokenizer is not found (its codes name "
+                                      f"{tok!r}); pass a pipeline folder with tokenizer/ and transformer/")
+            return cls(load_tokenizer(tok), transformer, device)
         for sub in ("tokenizer", "transformer"):
             if not (path / sub).is_dir():
                 raise CheckpointError(f"'{path}' is not a pipeline folder: '{sub}/' is missing")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,11 @@ def _split_overrides(items: list[str]) -> dict[str, list[str]]:
 
 def _check_same_config(run_dir: Path, cfg: Any) -> None:
     saved = run_dir / "config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+
+    def comparable(d: dict[str, Any]) -> dict[str, Any]:  # the thread count does not change what is trained
+        return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
+
+    if saved.is_file() and comparable(yaml.safe_load(saved.read_text())) != comparable(to_dict(cfg)):
         raise IQVAEError(f"'{run_dir}' holds a run with another configuration (budget, --set or code changed); "
                          "choose another --work folder or delete it")
 
@@ -220,20 +225,41 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
                                           inception_weights=getattr(args, "inception_weights", None),
                                           cache=getattr(args, "cache", None), steps=settings.extractor_steps, log=_say)
     seeds = list(range(args.seeds))
+    jobs = getattr(args, "jobs", None)
+    if jobs is None:
+        import torch
+
+        jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        raise IQVAEError(f"--jobs must be at least 1; got {jobs}")
+    if jobs > 1:  # one torch thread per worker unless the preset / --set says otherwise for a single job
+        threads = max(1, (os.cpu_count() or jobs) // jobs)
+        plan.tok_base = apply_overrides(plan.tok_base, [f"train.threads={threads}"])
+        plan.gpt_base = apply_overrides(plan.gpt_base, [f"train.threads={threads}"])
+        plan.progress = False
+    tasks = work_groups(names, seeds, settings, plan.tok_base.model.grid)
+    ev = (extractor, source, lpips, lpips_reason)
+    done: list[tuple[str, int, dict[str, Any], Path]] = []
+    if jobs == 1:
+        for task in tasks:
+            done.extend(run_group(plan, task, ev))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        _say(f"{len(tasks)} work groups on {jobs} worker processes")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_group, plan, task, ev) for task in tasks]
+            for fut in as_completed(futures):
+                done.extend(fut.result())
     per_seed: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     pipes: dict[str, Path] = {}
-    for seed in seeds:
-        for name in names:
-            system = SYSTEMS[name]
-            tok_run, _, codes = tokenizer_run(plan, system, seed)
-            gpt_run = transformer_run(plan, name, system, seed, codes)
-            pipe = ensure_pipeline(tok_run, gpt_run, plan.work / "pipe" / f"{name}-s{seed}")
-            res = evaluate_run(plan, name, seed, pipe, codes, extractor, source, lpips, lpips_reason)
-            per_seed[name].append({"seed": seed, **row_numbers(res, tok_run, gpt_run)})
-            pipes.setdefault(name, pipe)
+    for name, seed, row, pipe in sorted(done, key=lambda d: (names.index(d[0]), d[1])):
+        per_seed[name].append({"seed": seed, **row})
+        pipes.setdefault(name, pipe)
     fig6 = fig6_points(plan, seeds[:settings.fig6_seeds])
     info = {"machine": machine_info(), "budget": args.budget, "preset": preset, "seeds": seeds, "systems": names,
-            "world": args.world, "cond": args.cond, "set": list(getattr(args, "set", None) or []),
+            "jobs": jobs, "world": args.world, "cond": args.cond, "set": list(getattr(args, "set", None) or []),
             "settings": to_dict(settings), "tokenizer_config": to_dict(tok_base), "transformer_config": to_dict(gpt_base),
             "extractor": getattr(extractor, "name", None), "extractor_source": source,
             "fd_name": metric_name(extractor) if extractor is not None else None,
@@ -241,6 +267,54 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
     out = write_outputs(Path(args.out), info, per_seed, pipes, fig6, settings)
     print(f"wrote {', '.join(str(p) for p in out)}")
     return 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of parallel work: a tokenizer (system key, seed, grid) and the transformers trained on its codes."""
+
+    seed: int
+    systems: tuple[str, ...]  # systems sharing the tokenizer (evaluated); empty for a Fig. 6-only tokenizer
+    fig6_grid: int | None = None  # set for a Fig. 6 tokenizer of another latent size
+
+
+def work_groups(names: list[str], seeds: list[int], settings: BenchSettings, base_grid: int) -> list[Task]:
+    """Tasks in a deterministic order: per seed, one per tokenizer key; then the extra Fig. 6 latent sizes."""
+    tasks = []
+    for seed in seeds:
+        keys: dict[str, list[str]] = {}
+        for n in names:
+            keys.setdefault(SYSTEMS[n].tokenizer, []).append(n)
+        tasks += [Task(seed, tuple(group)) for group in keys.values()]
+    for grid in settings.fig6_grids:
+        if grid != base_grid:
+            tasks += [Task(seed, (), grid) for seed in seeds[: settings.fig6_seeds]]
+    return tasks
+
+
+def run_group(plan: Plan, task: Task, ev: tuple[Any, str, Any, str]) -> list[tuple[str, int, dict[str, Any], Path]]:
+    """Train (or reuse) one tokenizer and its transformers, evaluate its systems; returns (name, seed, row, pipe)."""
+    import torch
+
+    threads = plan.tok_base.train.threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    extractor, source, lpips, lpips_reason = ev
+    if task.fig6_grid is not None:
+        system = SYSTEMS[plan.settings.fig6_system]
+        _, _, codes = tokenizer_run(plan, system, task.seed, task.fig6_grid)
+        transformer_run(plan, plan.settings.fig6_system, system, task.seed, codes, tag=f"-g{task.fig6_grid}")
+        return []
+    out = []
+    for name in task.systems:
+        system = SYSTEMS[name]
+        tok_run, _, codes = tokenizer_run(plan, system, task.seed)
+        gpt_run = transformer_run(plan, name, system, task.seed, codes)
+        pipe = ensure_pipeline(tok_run, gpt_run, plan.work / "pipe" / f"{name}-s{task.seed}")
+        res = evaluate_run(plan, name, task.seed, pipe, codes, extractor, source, lpips, lpips_reason)
+        out.append((name, task.seed, row_numbers(res, tok_run, gpt_run), pipe))
+        _say(f"done {name} seed {task.seed}")
+    return out
 
 
 def _lpips_ns(args: argparse.Namespace) -> argparse.Namespace:

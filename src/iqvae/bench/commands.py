@@ -104,4 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--lpips-lin", default=None, help="LPIPS calibration weights file")
     a.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"], help="LPIPS backbone")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.add_argument("--jobs", type=int, default=None,
+                   help="runs trained side by side in worker processes, each with cores/jobs torch threads "
+                        "(default: 2 without a GPU, where one-thread workers beat one two-thread run; 1 with a GPU)")
     a.set_defaults(func=run_ablation)

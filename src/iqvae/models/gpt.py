@@ -57,6 +57,10 @@ class GPTConfig:
     n_embd: int = opt(1024, "model width (Table 2 'embedding number': 1024)")
     dropout: float = opt(0.0, "dropout on embeddings, attention weights and residual branches")
     bias: bool = opt(True, "use biases in Linear and LayerNorm layers (GPT-2: true)")
+    pos_init: str = opt("normal", "initialisation of the learned position table: 'normal' (GPT-2: N(0, 0.02)) or "
+                        "'spatial' (2-D sin/cos of each token's grid location, see spatial_position_table)")
+    image_grid: list[int] = opt(help="image token grid [h, w] or [h, w, depth] (from the token codes); "
+                                "pos_init=spatial needs it", factory=list)
 
     @property
     def block_size(self) -> int:
@@ -75,6 +79,75 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"option 'dropout' must be in [0, 1), got {self.dropout!r}")
+        if self.pos_init not in POS_INITS:
+            raise ConfigError(f"option 'pos_init' must be one of {', '.join(POS_INITS)}, got {self.pos_init!r}")
+        grid = list(self.image_grid)
+        if grid and (len(grid) not in (2, 3) or any(not isinstance(g, int) or g < 1 for g in grid)
+                     or math.prod(grid) != self.n_image):
+            raise ConfigError(f"option 'image_grid' must be [h, w] or [h, w, depth] of positive integers whose product "
+                              f"is n_image={self.n_image}, got {grid!r}")
+        if self.pos_init == "spatial" and not grid:
+            raise ConfigError("option pos_init='spatial' needs 'image_grid' (the image token grid [h, w])")
+
+
+POS_INITS = ("normal", "spatial")
+
+
+def _sincos(coord: torch.Tensor, dim: int, base: float = 100.0) -> torch.Tensor:
+    """``(N,)`` coordinates -> ``(N, dim)`` [sin | cos] features (``dim`` even) at geometric frequencies."""
+    freqs = base ** (-torch.arange(dim // 2, dtype=torch.float64) / max(dim // 2, 1))
+    ang = coord.double()[:, None] * freqs[None]
+    return torch.cat([ang.sin(), ang.cos()], dim=1)
+
+
+def _grid_codes(rows: torch.Tensor, cols: torch.Tensor, depth: torch.Tensor | None, n_embd: int) -> torch.Tensor:
+    """2-D (or 3-D with RQ depth) sin/cos codes; the feature dimensions are split between the coordinates."""
+    parts = 3 if depth is not None else 2
+    size = (n_embd // parts) // 2 * 2
+    sizes = [size] * (parts - 1) + [n_embd - size * (parts - 1)]
+    coords = [rows, cols] + ([depth] if depth is not None else [])
+    feats = [_sincos(c, d) if d >= 2 else torch.zeros(len(c), d, dtype=torch.float64) for c, d in zip(coords, sizes)]
+    return torch.cat([f[:, : d] for f, d in zip(feats, sizes)], dim=1)
+
+
+def spatial_position_table(config: "GPTConfig") -> torch.Tensor:
+    """The ``pos_init='spatial'`` initial value of ``wpe``: ``(block_size, n_embd)``.
+
+    A design choice of this implementation, not of the paper (whose minGPT code base initialises the learned position
+    table with zeros; GPT-2 with N(0, 0.02)).  The table stays learned; only its starting point carries geometry:
+
+    * the image slot at sequence position ``n_cond - 1 + j`` (the slot whose output predicts image token ``j``) gets the
+      sin/cos code of token ``j``'s grid location ``(row, col[, depth])``: the location it predicts;
+    * a condition token gets the code of its own location when the condition is a grid of the same ``h x w`` as the image
+      (``n_cond == h * w``: seg, edge, keypoints, layout maps), so a slot and the condition token at the location it
+      predicts start with equal position vectors; otherwise (text, audio) a 1-D sin/cos code of its index;
+    * position ``n_cond - 1`` is both the last condition token and the slot predicting image token 0; it keeps the
+      condition token's code (the last row, never fed, repeats the last image code).
+
+    Sin/cos codes make a fixed spatial offset a fixed linear map, so "look at the aligned condition token" and "look at
+    the token above / to the left" are the same function at every location; on the CPU presets this is what lets a
+    small transformer learn aligned, colour-consistent images in minutes (docs/performance.md).  Rows are scaled to
+    RMS 0.02, the scale of the token embeddings.
+    """
+    grid = list(config.image_grid)
+    if not grid:
+        raise ConfigError("spatial_position_table needs config.image_grid")
+    h, w = grid[0], grid[1]
+    d = grid[2] if len(grid) == 3 else 1
+    j = torch.arange(config.n_image)
+    img = _grid_codes(j // (w * d), (j // d) % w, (j % d) if d > 1 else None, config.n_embd)
+    i = torch.arange(config.n_cond)
+    if config.n_cond == h * w:
+        cond = _grid_codes(i // w, i % w, torch.zeros_like(i) if d > 1 else None, config.n_embd)
+    else:
+        cond = _sincos(i, config.n_embd // 2 * 2, base=1000.0)
+        cond = torch.cat([cond, torch.zeros(len(i), config.n_embd - cond.shape[1], dtype=cond.dtype)], dim=1)
+    table = torch.zeros(config.block_size, config.n_embd, dtype=torch.float64)
+    table[config.n_cond - 1 : config.n_cond - 1 + config.n_image] = img
+    table[-1] = img[-1]  # never fed (the last image token is only a target); kept so every row has the same scale
+    table[: config.n_cond] = cond
+    rms = table.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+    return (table / rms * 0.02).float()
 
 
 class KVCache:
@@ -179,6 +252,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.pos_init == "spatial":
+            with torch.no_grad():
+                self.wpe.weight.copy_(spatial_position_table(config))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -19,6 +19,14 @@ Modes (``GumbelConfig.mode``)
   4. pass 2 on the mixed input (``model(cond, gold, image_embeds=mixed)``); loss = ``CE(logits2, gold)``.  Only this
      loss is optimised; with ``first_pass_grad`` its gradient also flows through the samples into pass 1 (Fig. 3b).
 
+  Token fast path (the defaults, ``hard`` and not ``first_pass_grad``): the straight-through embedding
+  ``(one_hot + y - y.detach()) @ W`` then equals ``W[argmax y]`` in value (``y - y.detach()`` is exactly 0) and its
+  gradient with respect to W is ``one_hot^T g`` (the soft part carries gradient only towards y, which is detached).  So
+  pass 2 is fed the token ids ``where(replaced, argmax(log p + g), gold)`` directly: the same draws from
+  ``generator``, the same loss and the same gradients (``tests/test_gumbel.py`` checks both paths agree), without the
+  ``B x t x V`` softmax and the ``B x t x V x D`` soft embedding.  ``tau`` is still annealed and logged; it only shapes
+  gradients on the slow path.
+
 ``pkeep``    taming-transformers' random corruption: each input token is kept with probability ``pkeep`` and
              otherwise replaced by a uniformly random image code; the loss is against the gold sequence.
 
@@ -89,6 +97,10 @@ class GumbelConfig:
     hard: bool = opt(True, "gumbel: straight-through one-hot samples (true) or soft Gumbel-softmax samples (false)")
     first_pass_grad: bool = opt(
         False, "gumbel: let pass-2 gradients flow through the samples into pass 1 (otherwise pass 1 runs no_grad)"
+    )
+    token_fast_path: bool = opt(
+        True, "gumbel: with hard and no first_pass_grad, feed sampled token ids (exactly equal loss and gradients); "
+        "false always builds the straight-through embeddings"
     )
     pkeep: float = opt(0.9, "pkeep: probability of keeping each gold input token (taming-transformers)")
     rq_soft_temperature: float = opt(
@@ -251,6 +263,42 @@ def gumbel_mix(
     return mixed, replace, stats
 
 
+def gumbel_mix_tokens(
+    model,
+    cond: torch.Tensor,
+    image: torch.Tensor,
+    step: int,
+    cfg: GumbelConfig,
+    codebook: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The token fast path of :func:`gumbel_mix` (``hard`` and no ``first_pass_grad``): returns (mixed token ids
+    (B, t), replaced mask (B, t), stats), drawing the same random numbers in the same order as :func:`gumbel_mix`."""
+    if not cfg.hard or cfg.first_pass_grad:
+        raise IQVAEError("gumbel_mix_tokens is exact only with gumbel.hard=true and gumbel.first_pass_grad=false")
+    with torch.no_grad():
+        logits1 = model(cond, image).float()
+        probs = torch.softmax(logits1, dim=-1)
+        R = reliability(probs, image, codebook)
+        candidates = R > cfg.threshold
+        rate = replace_rate(step, cfg)
+        coin = _uniform(candidates.shape, probs, generator) < rate
+        replace = candidates & coin
+        t_now = tau(step, cfg)
+        # argmax((log p + g) / tau) = argmax(logits + g): log_softmax and tau do not move the argmax
+        sample = (logits1 + _gumbel_noise(logits1, generator)).argmax(-1)
+        mixed = torch.where(replace, sample, image)
+    n = float(candidates.numel())
+    stats = {
+        "gs_candidates": float(candidates.sum()) / n,
+        "gs_replaced": float(replace.sum()) / n,
+        "gs_tau": t_now,
+        "gs_rate": rate,
+        "gs_applied": 1.0,
+    }
+    return mixed, replace, stats
+
+
 def rq_soft_targets(image: torch.Tensor, codebook: torch.Tensor, temperature: float) -> torch.Tensor:
     """``q_j(k) = softmax_k(-||e_gold(j) - e_k||^2 / temperature)`` over the raw codebook rows; ``(B, t, V)``."""
     e = codebook.float()
@@ -283,6 +331,9 @@ def training_loss(
             stats = {"gs_candidates": 0.0, "gs_replaced": 0.0, "gs_tau": tau(step, cfg),
                      "gs_rate": replace_rate(step, cfg), "gs_applied": 0.0}
             return _ce(model(cond, image), image), stats
+        if cfg.hard and not cfg.first_pass_grad and cfg.token_fast_path:
+            tokens, _, stats = gumbel_mix_tokens(model, cond, image, step, cfg, codebook, generator)
+            return _ce(model(cond, tokens), image), stats
         mixed, _, stats = gumbel_mix(model, cond, image, step, cfg, codebook, generator)
         return _ce(model(cond, image, image_embeds=mixed), image), stats
 

@@ -40,6 +40,8 @@ class GPTSize:
     n_embd: int = opt(128, "width (paper: 1024)")
     dropout: float = opt(0.0, "dropout in attention and MLP")
     bias: bool = opt(True, "bias in linear layers and LayerNorm")
+    pos_init: str = opt("normal", "position table init: 'normal' (GPT-2) or 'spatial' (2-D sin/cos of the grid "
+                        "location; see docs/design.md)")
 
 
 @dataclass
@@ -58,7 +60,8 @@ class TransformerRunConfig:
 def gpt_config(size: GPTSize, meta: dict[str, Any]) -> GPTConfig:
     return GPTConfig(cond_vocab=meta["cond_vocab"], image_vocab=meta["image_vocab"], n_cond=meta["n_cond"],
                      n_image=meta["n_image"], n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
-                     dropout=size.dropout, bias=size.bias)
+                     dropout=size.dropout, bias=size.bias, pos_init=size.pos_init,
+                     image_grid=[int(g) for g in meta.get("tokens_shape", [])] if size.pos_init == "spatial" else [])
 
 
 def load_transformer(path: str | Path, device: Any = "cpu") -> GPT:
