@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,7 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
     from ..train.transformer import TransformerRunConfig
     from .ablation_report import fig6_points, write_outputs
 
+    started = time.perf_counter()
     if args.world != "shapes":
         raise IQVAEError(f"--world must be 'shapes' (the only world with exact metrics and a built-in extractor); "
                          f"got {args.world!r}")
@@ -263,7 +265,8 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
             "settings": to_dict(settings), "tokenizer_config": to_dict(tok_base), "transformer_config": to_dict(gpt_base),
             "extractor": getattr(extractor, "name", None), "extractor_source": source,
             "fd_name": metric_name(extractor) if extractor is not None else None,
-            "lpips": getattr(lpips, "label", None), "lpips_reason": lpips_reason}
+            "lpips": getattr(lpips, "label", None), "lpips_reason": lpips_reason,
+            "wall_seconds": time.perf_counter() - started}
     out = write_outputs(Path(args.out), info, per_seed, pipes, fig6, settings)
     print(f"wrote {', '.join(str(p) for p in out)}")
     return 0

@@ -155,7 +155,8 @@ def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict
         f"# Ablation (Table 3 + sVQ + RQ) on the {info['world']} world, condition `{info['cond']}`", "",
         f"Budget `{info['budget']}` (preset `{info['preset']}`{'; overrides ' + ', '.join(info['set']) if info['set'] else ''}), "
         f"seeds {info['seeds']}, commit {m.get('commit')}, {m.get('cpu_count')} CPU core(s), CUDA {m.get('cuda')}, "
-        f"torch {m.get('torch')}.", "",
+        f"torch {m.get('torch')}.  Wall time of the command: {info.get('wall_seconds', float('nan')) / 60:.1f} min "
+        f"with {info.get('jobs', 1)} worker process(es) (runs reused from an earlier invocation count as 0).", "",
         f"Equal compute: every tokenizer {tok['train']['steps']} steps × batch {tok['train']['batch_size']} "
         f"(ch {tok['model']['ch']}, ch_mult {tok['model']['ch_mult']}, {tok['model']['num_codes']} codes × "
         f"{tok['model']['embed_dim']}), every transformer {gpt['train']['steps']} steps × batch "

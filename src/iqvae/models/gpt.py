@@ -196,7 +196,12 @@ class CausalSelfAttention(nn.Module):
             layer_cache[0, :, :, start_pos:end] = k
             layer_cache[1, :, :, start_pos:end] = v
             keys, values = layer_cache[0, :, :, :end], layer_cache[1, :, :, :end]
-            if T == 1:  # a single query sees every cached key
+            if T == 1 and dropout_p == 0.0:
+                # decode: one query sees every cached key.  Two small batched matmuls; on CPU the fused SDPA kernel
+                # costs ~10x more per call for a single query (docs/performance.md, `iqvae bench sampling`)
+                att = torch.softmax((q @ keys.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), dim=-1)
+                y = att @ values
+            elif T == 1:
                 y = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p)
             elif start_pos == 0:
                 y = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p, is_causal=True)
