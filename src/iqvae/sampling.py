@@ -35,8 +35,9 @@ def validate_sampling_args(top_k: int | None, top_p: float | None, temperature: 
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Return a copy of ``logits`` (..., V) with filtered-out entries set to ``-inf`` (top-k first, then top-p)."""
-    out = logits.clone()
+    """``logits`` (..., V) with filtered-out entries set to ``-inf`` (top-k first, then top-p); never modifies the
+    input (when nothing is filtered the input itself is returned)."""
+    out = logits
     V = out.shape[-1]
     if top_k is not None and top_k < V:
         kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
@@ -62,7 +63,8 @@ def sample_next(
     """Draw one token per row of ``logits`` ``(B, V)``; returns ``(B,)`` int64."""
     if logits.dim() != 2:
         raise IQVAEError(f"sample_next expects logits of shape (B, V), got {tuple(logits.shape)}")
-    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1.0 == x exactly
+    probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
     device = generator.device if generator is not None else probs.device
     u = torch.rand((probs.shape[0], 1), generator=generator, device=device).to(probs.device)
     cdf = torch.cumsum(probs, dim=-1)

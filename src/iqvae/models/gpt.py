@@ -346,8 +346,7 @@ class GPT(nn.Module):
     def _trunk(self, x: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
         """Add positions [start_pos, start_pos + T), run the blocks and the final LayerNorm."""
         T = x.shape[1]
-        pos = torch.arange(start_pos, start_pos + T, device=x.device)
-        x = self.drop(x + self.wpe(pos))
+        x = self.drop(x + self.wpe.weight[start_pos : start_pos + T])
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layer(i), start_pos)
         return self.ln_f(x)
