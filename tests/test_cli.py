@@ -138,3 +138,21 @@ def test_readme_manual_pipeline_samples_from_the_transformer_run(tmp_path):
 
     shutil.rmtree(tmp_path / "stage1")
     assert main(["sample", "--model", str(tmp_path / "stage2"), "--world", "shapes", "--out", "x.png"]) == 2
+
+
+def test_speed_benches_print_consistent_tables(capsys):
+    """`bench sampling` and `bench train` at toy size: the printed ratios are the printed rates' quotients."""
+    assert main(["bench", "sampling", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--vocab", "32",
+                 "--seq", "16", "--batch", "1,2"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)%$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["1", "2"] and all(r[1] == "8" for r in rows)
+    for r in rows:
+        assert float(r[4]) == pytest.approx(float(r[2]) / float(r[3]), rel=0.02, abs=0.01)
+    assert main(["bench", "train", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--vocab", "32",
+                 "--seq", "16", "--batch", "2", "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(r"^\s+2\s+4\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
+    teacher, gumbel, ratio, embed, embed_ratio = map(float, row.groups())
+    assert ratio == pytest.approx(gumbel / teacher, rel=0.02, abs=0.002)
+    assert embed_ratio == pytest.approx(embed / teacher, rel=0.02, abs=0.002)
