@@ -241,3 +241,101 @@ def test_spatial_position_table_text_condition_and_rq_depth():
 def test_spatial_config_errors(kw, word):
     with pytest.raises(ConfigError, match=word):
         tiny(**kw).validate()
+
+
+# ---------------------------------------------------------------------------------------------- cond_align
+def test_aligned_cond_index():
+    from iqvae.models.gpt import aligned_cond_index
+
+    assert aligned_cond_index(tiny(n_cond=4, n_image=4, cond_align=True)).tolist() == [0, 1, 2, 3]
+    # RQ depth 3 innermost: tokens 0-2 sit at location 0, 3-5 at location 1
+    assert aligned_cond_index(tiny(n_cond=2, n_image=6, cond_align=True)).tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_cond_align_forward_matches_direct_computation():
+    """Oracle: the slot predicting image token j gets wte_align[cond[j // r]] on top of its usual input."""
+    torch.manual_seed(0)
+    cfg = tiny(n_cond=3, n_image=6, cond_align=True)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        model.wte_align.weight.normal_(0.0, 1.0)  # large, so a misplaced embedding shows
+    cond, image = batch(cfg)
+    x = torch.cat([model.wte_cond(cond), model.wte_image(image[:, :-1])], dim=1).clone()
+    for j in range(cfg.n_image):
+        x[:, cfg.n_cond - 1 + j] += model.wte_align.weight[cond[:, j // 2]]
+    expect = model.lm_head(model._trunk(x, 0, None))[:, cfg.n_cond - 1:]
+    torch.testing.assert_close(model(cond, image), expect, atol=1e-5, rtol=0)
+
+
+def test_cond_align_with_zero_table_equals_plain_model():
+    torch.manual_seed(1)
+    plain = GPT(tiny(n_cond=7, n_image=7)).eval()
+    aligned = GPT(tiny(n_cond=7, n_image=7, cond_align=True)).eval()
+    state = dict(plain.state_dict())
+    state["wte_align.weight"] = torch.zeros_like(aligned.wte_align.weight)
+    aligned.load_state_dict(state)
+    cond, image = batch(plain.config)
+    torch.testing.assert_close(aligned(cond, image), plain(cond, image), atol=0, rtol=0)
+    assert aligned.num_params(non_embedding=True) == plain.num_params(non_embedding=True)
+    with torch.no_grad():
+        aligned.wte_align.weight.normal_()
+    assert (aligned(cond, image) - plain(cond, image)).abs().max() > 1e-2
+
+
+def test_cond_align_errors():
+    with pytest.raises(ConfigError, match="cond_align"):
+        GPT(tiny(n_cond=4, n_image=6, cond_align=True))
+    model = GPT(tiny(n_cond=7, n_image=7, cond_align=True)).eval()
+    cond, _ = batch(model.config, B=2)
+    cache = KVCache(model.config, 2)
+    nxt = model.prefill(cond, cache).argmax(-1, keepdim=True)
+    with pytest.raises(IQVAEError, match="cond="):
+        model.decode(nxt, model.config.n_cond, cache)
+
+
+# ---------------------------------------------------------------------------------------------- above_input
+@pytest.mark.parametrize("grid", [[2, 3], [2, 2, 2]])
+def test_above_input_forward_matches_direct_computation(grid):
+    """Oracle: the slot predicting image token j also gets above_proj(wte_image[x_{j-W}]), W = w * depth."""
+    torch.manual_seed(2)
+    n_image = 6 if len(grid) == 2 else 8
+    cfg = tiny(n_cond=4, n_image=n_image, above_input=True, image_grid=grid)
+    model = GPT(cfg).eval()
+    W = grid[1] * (grid[2] if len(grid) == 3 else 1)
+    assert model.above_offset == W
+    with torch.no_grad():
+        model.above_proj.weight.normal_(0.0, 1.0)
+    cond, image = batch(cfg)
+    x = torch.cat([model.wte_cond(cond), model.wte_image(image[:, :-1])], dim=1).clone()
+    for j in range(W, cfg.n_image):
+        x[:, cfg.n_cond - 1 + j] += model.above_proj(model.wte_image.weight[image[:, j - W]])
+    expect = model.lm_head(model._trunk(x, 0, None))[:, cfg.n_cond - 1:]
+    torch.testing.assert_close(model(cond, image), expect, atol=1e-5, rtol=0)
+    # prefixes shorter than one row get no above input at all; a prefix's logits equal the full run's
+    torch.testing.assert_close(model(cond, image[:, :W]), expect[:, :W], atol=1e-5, rtol=0)
+    # soft embeddings (Gumbel sampling's path) feed the above input too: one-hot embeddings give the same logits
+    onehot = F.one_hot(image, cfg.image_vocab).float()
+    torch.testing.assert_close(model(cond, image, image_embeds=model.embed_image_soft(onehot)), expect, atol=1e-5,
+                               rtol=0)
+
+
+def test_above_input_is_causal_and_errors():
+    torch.manual_seed(3)
+    cfg = tiny(n_cond=4, n_image=6, above_input=True, image_grid=[2, 3])
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        model.above_proj.weight.normal_(0.0, 1.0)
+    cond, image = batch(cfg)
+    base = model(cond, image)
+    for j in range(cfg.n_image):  # changing token j changes no logit at or before j
+        other = image.clone()
+        other[:, j] = (other[:, j] + 1) % cfg.image_vocab
+        torch.testing.assert_close(model(cond, other)[:, : j + 1], base[:, : j + 1], atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="image_grid"):
+        GPT(tiny(above_input=True))
+    cache = KVCache(cfg, 3)
+    model.prefill(cond, cache)
+    for j in range(1, 3):  # tokens of the first row need no above token
+        model.decode(image[:, j - 1 : j], cfg.n_cond + j - 1, cache)
+    with pytest.raises(IQVAEError, match="above="):
+        model.decode(image[:, 2:3], cfg.n_cond + 2, cache)

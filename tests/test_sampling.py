@@ -118,6 +118,12 @@ CONFIGS = [
     dict(cond_vocab=9, image_vocab=17, n_cond=4, n_image=9, n_layer=2, n_head=2, n_embd=16),
     dict(cond_vocab=3, image_vocab=40, n_cond=1, n_image=6, n_layer=3, n_head=4, n_embd=32, bias=False),
     dict(cond_vocab=20, image_vocab=8, n_cond=7, n_image=5, n_layer=1, n_head=1, n_embd=8),
+    dict(cond_vocab=9, image_vocab=17, n_cond=6, n_image=6, n_layer=2, n_head=2, n_embd=16, cond_align=True),
+    dict(cond_vocab=9, image_vocab=17, n_cond=3, n_image=6, n_layer=2, n_head=2, n_embd=16, cond_align=True),
+    dict(cond_vocab=9, image_vocab=17, n_cond=6, n_image=6, n_layer=2, n_head=2, n_embd=16, cond_align=True,
+         above_input=True, image_grid=[2, 3]),
+    dict(cond_vocab=9, image_vocab=17, n_cond=5, n_image=8, n_layer=2, n_head=2, n_embd=16, above_input=True,
+         image_grid=[2, 2, 2]),
 ]
 
 

@@ -124,7 +124,9 @@ def generate(
             dtype = next(model.parameters()).dtype
             state["cache"] = KVCache(cfg, cond.shape[0], device=cond.device, dtype=dtype)
             return model.prefill(cond, state["cache"])
-        return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"])
+        W = getattr(model, "above_offset", 0)
+        above = tokens[:, j - W : j - W + 1] if W and j >= W else None
+        return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"], cond=cond, above=above)
 
     return _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits)
 

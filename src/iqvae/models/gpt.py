@@ -61,6 +61,12 @@ class GPTConfig:
                         "'spatial' (2-D sin/cos of each token's grid location, see spatial_position_table)")
     image_grid: list[int] = opt(help="image token grid [h, w] or [h, w, depth] (from the token codes); "
                                 "pos_init=spatial needs it", factory=list)
+    cond_align: bool = opt(False, "also add, to the input of the slot that predicts image token j, an embedding "
+                           "(wte_align) of the condition token at j's grid location (needs n_image to be a multiple "
+                           "of n_cond); not in the paper, see aligned_cond_index")
+    above_input: bool = opt(False, "also add, to the input of the slot that predicts image token j, a learned linear "
+                            "map (above_proj) of the embedding of the image token one grid row above j (already "
+                            "generated); needs image_grid; not in the paper, see GPT.above_offset")
 
     @property
     def block_size(self) -> int:
@@ -86,11 +92,31 @@ class GPTConfig:
                      or math.prod(grid) != self.n_image):
             raise ConfigError(f"option 'image_grid' must be [h, w] or [h, w, depth] of positive integers whose product "
                               f"is n_image={self.n_image}, got {grid!r}")
+        if self.cond_align and self.n_image % self.n_cond:
+            raise ConfigError(f"option cond_align=true needs n_image ({self.n_image}) to be a multiple of n_cond "
+                              f"({self.n_cond}): every image token must have one aligned condition token")
+        if self.above_input and not grid:
+            raise ConfigError("option above_input=true needs 'image_grid' (the image token grid [h, w])")
         if self.pos_init == "spatial" and not grid:
             raise ConfigError("option pos_init='spatial' needs 'image_grid' (the image token grid [h, w])")
 
 
 POS_INITS = ("normal", "spatial")
+
+
+def aligned_cond_index(config: "GPTConfig") -> torch.Tensor:
+    """``(n_image,)`` int64: the condition token aligned with each image token (``cond_align``).
+
+    Image token ``j`` (raster order, RQ depth innermost) sits at grid location ``j // r`` with
+    ``r = n_image // n_cond`` (the RQ depth, else 1); a condition map of the same grid has its token for that location
+    at index ``j // r``.  A design choice of this implementation, not of the paper: the sequence and the model's
+    distribution ``p(x_j | C, x_<j)`` are unchanged (all of C is still in the prefix); the slot predicting ``x_j``
+    merely gets the aligned condition code as a second input embedding, so "which condition token is mine" need not
+    be learned through attention.  For conditions that are not maps (text, audio: their ``h*w`` latent tokens come
+    from learned queries) the alignment is only positional; the option is off by default.
+    """
+    r = config.n_image // config.n_cond
+    return torch.arange(config.n_image) // r
 
 
 def _sincos(coord: torch.Tensor, dim: int, base: float = 100.0) -> torch.Tensor:
@@ -248,6 +274,10 @@ class GPT(nn.Module):
         self.wte_cond = nn.Embedding(config.cond_vocab, config.n_embd)
         self.wte_image = nn.Embedding(config.image_vocab, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wte_align = nn.Embedding(config.cond_vocab, config.n_embd) if config.cond_align else None
+        if config.cond_align:
+            self.register_buffer("align_index", aligned_cond_index(config), persistent=False)
+        self.above_proj = nn.Linear(config.n_embd, config.n_embd, bias=False) if config.above_input else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -272,14 +302,17 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; ``non_embedding=True`` leaves out the three lookup tables (wte_cond, wte_image, wpe).
+        """Parameter count; ``non_embedding=True`` leaves out the lookup tables (wte_cond, wte_image, wpe, wte_align).
 
         The non-embedding count is the one whose ``2 * N`` approximates matmul FLOPs per token (it includes lm_head).
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.wte_cond.weight.numel() + self.wte_image.weight.numel() + self.wpe.weight.numel()
+            n -= sum(m.weight.numel() for m in self._embedding_tables())
         return n
+
+    def _embedding_tables(self) -> list[nn.Embedding]:
+        return [m for m in (self.wte_cond, self.wte_image, self.wpe, self.wte_align) if m is not None]
 
     def param_groups(self, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
         """AdamW groups: decay every >=2-D weight of a Linear layer; never biases or LayerNorm gains.
@@ -287,7 +320,7 @@ class GPT(nn.Module):
         Embedding tables are >=2-D but NOT decayed by default, as in minGPT (the paper's code base, footnote 4) and
         taming-transformers; ``decay_embeddings=True`` gives nanoGPT's rule (decay every >=2-D parameter).
         """
-        embedding_ids = {id(m.weight) for m in (self.wte_cond, self.wte_image, self.wpe)}
+        embedding_ids = {id(m.weight) for m in self._embedding_tables()}
         decay, no_decay = [], []
         for p in self.parameters():
             if not p.requires_grad:
@@ -316,6 +349,29 @@ class GPT(nn.Module):
             raise IQVAEError(f"configure_optimizer: weight_decay must be >= 0, got {weight_decay!r}")
         return torch.optim.AdamW(self.param_groups(weight_decay, decay_embeddings), lr=lr, betas=tuple(betas),
                                  foreach=True)
+
+    @property
+    def above_offset(self) -> int:
+        """Tokens between an image token and the one a grid row above it (``w * depth``); 0 without ``above_input``.
+
+        ``above_input`` is a design choice of this implementation, not of the paper: the slot predicting ``x_j`` is
+        fed ``x_{j-1}`` (as in any GPT) plus ``above_proj(e(x_{j-w}))``, the token above the one it predicts, which
+        is already generated.  The model is still the causal ``p(x_j | C, x_<j)`` of Eq. 4 and raster order is kept;
+        the slot simply gets its vertical neighbour as an input instead of having to find it by attention (the
+        horizontal one is its ordinary input).
+        """
+        if not self.config.above_input:
+            return 0
+        g = self.config.image_grid
+        return g[1] * (g[2] if len(g) == 3 else 1)
+
+    def _above(self, embeds: torch.Tensor, t: int, lead: int) -> torch.Tensor | None:
+        """``above_proj`` of image embeddings ``embeds`` ``(B, >= t - W, C)`` placed under the slots of image tokens
+        ``W .. t-1``, left-padded with ``lead`` zero rows (the slots before them); None when no slot has a row above."""
+        W = self.above_offset
+        if not W or t <= W:
+            return None
+        return F.pad(self.above_proj(embeds[:, : t - W]), (0, 0, lead + W, 0))
 
     # ------------------------------------------------------------------ input checks
     def _check_tokens(self, name: str, ids: torch.Tensor, shape: tuple, vocab: int) -> None:
@@ -378,6 +434,11 @@ class GPT(nn.Module):
                 )
             img = image_embeds[:, : t - 1]
         x = torch.cat([self.wte_cond(cond), img], dim=1)
+        if self.wte_align is not None:  # slots n_cond-1 .. n_cond+t-2 predict image tokens 0 .. t-1
+            x = x + F.pad(self.wte_align(cond[:, self.align_index[:t]]), (0, 0, cfg.n_cond - 1, 0))
+        above = self._above(img, t, cfg.n_cond - 1)
+        if above is not None:
+            x = x + above
         h = self._trunk(x, 0, None)
         return self.lm_head(h[:, cfg.n_cond - 1 :])
 
@@ -399,12 +460,19 @@ class GPT(nn.Module):
     def prefill(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed the condition prefix; returns the logits ``(B, V)`` of the first image token."""
         self.check_cond(cond)
-        h = self._trunk(self.wte_cond(cond), 0, self._checked_cache(cache, cond.shape[0]))
+        x = self.wte_cond(cond)
+        if self.wte_align is not None:  # the last condition slot predicts image token 0
+            x = x + F.pad(self.wte_align(cond[:, self.align_index[:1]]), (0, 0, self.config.n_cond - 1, 0))
+        h = self._trunk(x, 0, self._checked_cache(cache, cond.shape[0]))
         return self.lm_head(h[:, -1])
 
-    def decode(self, token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+    def decode(self, token: torch.Tensor, pos: int, cache: KVCache, cond: torch.Tensor | None = None,
+               above: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one image token ``(B, 1)`` at absolute sequence position ``pos`` (``n_cond + j`` for image token j);
-        returns the logits ``(B, V)`` of the image token at position ``pos + 1``.
+        returns the logits ``(B, V)`` of the image token at position ``pos + 1``.  ``cond`` ``(B, n_cond)`` (the
+        prefilled condition) is needed with ``cond_align``: the slot gets the aligned condition token's embedding.
+        ``above`` ``(B, 1)``, the image token :attr:`above_offset` tokens before the predicted one, is needed with
+        ``above_input`` once the predicted token has a row above it.
 
         Hot path: shape and position are checked but ids are not range-checked (that would sync a GPU every token).
         """
@@ -414,7 +482,19 @@ class GPT(nn.Module):
             raise IQVAEError(
                 f"decode position must be in [{self.config.n_cond}, {self.config.block_size - 2}], got {pos}"
             )
-        return self.forward_cached(self.wte_image(token), pos, cache)[:, -1]
+        x = self.wte_image(token)
+        if self.wte_align is not None:
+            if cond is None or cond.shape[0] != token.shape[0]:
+                raise IQVAEError("decode needs the condition tokens (cond=, shape (B, n_cond)) when cond_align is on")
+            j = pos - self.config.n_cond + 1  # the image token this slot predicts
+            x = x + self.wte_align(cond[:, self.align_index[j : j + 1]])
+        W = self.above_offset
+        if W and pos - self.config.n_cond + 1 >= W:
+            if above is None or tuple(above.shape) != tuple(token.shape):
+                raise IQVAEError(f"decode needs the image token one row above the predicted one (above=, shape "
+                                 f"{tuple(token.shape)}) when above_input is on")
+            x = x + self.above_proj(self.wte_image(above))
+        return self.forward_cached(x, pos, cache)[:, -1]
 
     def _checked_cache(self, cache: KVCache, batch: int) -> KVCache:
         if cache.batch_size != batch:

@@ -42,6 +42,10 @@ class GPTSize:
     bias: bool = opt(True, "bias in linear layers and LayerNorm")
     pos_init: str = opt("normal", "position table init: 'normal' (GPT-2) or 'spatial' (2-D sin/cos of the grid "
                         "location; see docs/design.md)")
+    cond_align: bool = opt(False, "add the aligned condition token's embedding to each image slot's input (not in "
+                           "the paper; see docs/design.md)")
+    above_input: bool = opt(False, "add a map of the embedding of the image token one grid row above to each image "
+                            "slot's input (not in the paper; see docs/design.md)")
 
 
 @dataclass
@@ -60,8 +64,10 @@ class TransformerRunConfig:
 def gpt_config(size: GPTSize, meta: dict[str, Any]) -> GPTConfig:
     return GPTConfig(cond_vocab=meta["cond_vocab"], image_vocab=meta["image_vocab"], n_cond=meta["n_cond"],
                      n_image=meta["n_image"], n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
-                     dropout=size.dropout, bias=size.bias, pos_init=size.pos_init,
-                     image_grid=[int(g) for g in meta.get("tokens_shape", [])] if size.pos_init == "spatial" else [])
+                     dropout=size.dropout, bias=size.bias, pos_init=size.pos_init, cond_align=size.cond_align,
+                     above_input=size.above_input,
+                     image_grid=[int(g) for g in meta.get("tokens_shape", [])]
+                     if size.pos_init == "spatial" or size.above_input else [])
 
 
 def load_transformer(path: str | Path, device: Any = "cpu") -> GPT:
