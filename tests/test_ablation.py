@@ -110,3 +110,16 @@ def test_changed_config_in_same_work_folder_is_refused(bench):
 def test_bad_options(tmp_path, kw, match):
     with pytest.raises(IQVAEError, match=match):
         run_ablation_bench(_args(tmp_path, **kw))
+
+
+def test_full_budget_runs_on_cpu_with_toy_overrides(tmp_path):
+    """`--budget full` is the same code path with the ablation-full preset (16 x 16 tokens at 32 px)."""
+    args = _args(tmp_path, budget="full", seeds=1, systems="iq-vr+gs", jobs=1,
+                 set=[*TINY, "ablation.fig6_grids=[]", "tokenizer.model.num_res_blocks=1",
+                      "transformer.model.n_layer=1", "transformer.model.n_head=2"])
+    assert run_ablation_bench(args) == 0
+    md = (tmp_path / "results" / "ablation.md").read_text()
+    assert "Budget `full`" in md and "iq-vr+gs" in md
+    info = json.loads((tmp_path / "results" / "ablation.json").read_text())["info"]
+    assert info["budget"] == "full" and info["preset"] == "ablation-full"
+    assert info["tokenizer_config"]["model"]["ch_mult"] == [1, 2]

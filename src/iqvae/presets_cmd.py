@@ -22,7 +22,8 @@ def preset_rows() -> list[dict]:
         grid = m.resolution // 2 ** (len(m.ch_mult) - 1)
         depth = m.rq_depth if m.quantizer == "rq" else 1
         meta = {"cond_vocab": m.cond_num_codes or m.num_codes, "image_vocab": m.num_codes,
-                "n_cond": grid * grid, "n_image": grid * grid * depth}
+                "n_cond": grid * grid, "n_image": grid * grid * depth,
+                "tokens_shape": [grid, grid] + ([depth] if m.quantizer == "rq" else [])}
         with torch.device("meta"):
             from .models.tokenizer import IQVAE
 
