@@ -118,13 +118,13 @@ def generate(
     from .models.gpt import KVCache
 
     cfg = model.config
+    W = model.above_offset  # 0 unless the model takes the token one row above as an input
 
     def step_logits(j, tokens, state):
         if j == 0:
             dtype = next(model.parameters()).dtype
             state["cache"] = KVCache(cfg, cond.shape[0], device=cond.device, dtype=dtype)
             return model.prefill(cond, state["cache"])
-        W = getattr(model, "above_offset", 0)
         above = tokens[:, j - W : j - W + 1] if W and j >= W else None
         return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"], cond=cond, above=above)
 

@@ -483,13 +483,13 @@ class GPT(nn.Module):
                 f"decode position must be in [{self.config.n_cond}, {self.config.block_size - 2}], got {pos}"
             )
         x = self.wte_image(token)
+        j = pos - self.config.n_cond + 1  # the image token this slot predicts
         if self.wte_align is not None:
             if cond is None or cond.shape[0] != token.shape[0]:
                 raise IQVAEError("decode needs the condition tokens (cond=, shape (B, n_cond)) when cond_align is on")
-            j = pos - self.config.n_cond + 1  # the image token this slot predicts
             x = x + self.wte_align(cond[:, self.align_index[j : j + 1]])
         W = self.above_offset
-        if W and pos - self.config.n_cond + 1 >= W:
+        if W and j >= W:
             if above is None or tuple(above.shape) != tuple(token.shape):
                 raise IQVAEError(f"decode needs the image token one row above the predicted one (above=, shape "
                                  f"{tuple(token.shape)}) when above_input is on")
