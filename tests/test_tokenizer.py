@@ -224,6 +224,46 @@ def test_iq_none_has_no_regulariser():
     assert out.sgw.item() == 0.0 and not out.sgw.requires_grad and out.sgw.grad_fn is None
 
 
+def test_colour_head_loss_by_hand_and_trains_the_image_encoder_only():
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("iq-vr", colour_head=True), spec)
+    x, c = image(), make_cond(spec)
+    out = model(x, c)
+    zq = out.encoding.zq_img
+    # by hand: every latent cell's mean pixel colour (RES / grid = 2 px patches), predicted by a 1x1 conv of zq alone
+    patches = x.reshape(2, 3, model.grid[0], 2, model.grid[1], 2).mean(dim=(3, 5))
+    w, b = model.colour_head.weight[:, :, 0, 0], model.colour_head.bias
+    pred = torch.einsum("od,bdhw->bohw", w, zq) + b[None, :, None, None]
+    assert out.colour.item() == pytest.approx((pred - patches).abs().mean().item(), rel=1e-5)
+    gx = torch.autograd.grad(out.colour, model.encoder.conv_in.weight, retain_graph=True)[0]
+    assert gx.abs().sum() > 0  # straight-through: the head shapes what the image encoder puts into the codes
+    gc = torch.autograd.grad(out.colour, model.cond_encoder.conv_in.weight, allow_unused=True)[0]
+    assert gc is None or gc.abs().sum() == 0  # the condition branch is untouched
+    # off by default: no head, no parameters, a constant zero
+    plain = IQVAE(tiny("iq-vr"), spec)
+    assert plain.colour_head is None and not any("colour_head" in k for k in plain.state_dict())
+    z = plain(x, c).colour
+    assert z.item() == 0.0 and z.grad_fn is None
+
+
+def test_colour_head_with_condition_features_by_hand():
+    spec = SPECS["seg"]
+    model = IQVAE(tiny("iq-vr", colour_head=True, colour_head_cond=True), spec)
+    x, c = image(), make_cond(spec)
+    out = model(x, c)
+    enc = out.encoding
+    patches = x.reshape(2, 3, model.grid[0], 2, model.grid[1], 2).mean(dim=(3, 5))
+    w, b = model.colour_head.weight[:, :, 0, 0], model.colour_head.bias
+    inp = torch.cat([enc.zq_img, enc.zq_cond], dim=1)  # what D_x sees: the quantized condition features
+    pred = torch.einsum("od,bdhw->bohw", w, inp) + b[None, :, None, None]
+    assert out.colour.item() == pytest.approx((pred - patches).abs().mean().item(), rel=1e-5)
+    gc = torch.autograd.grad(out.colour, model.cond_encoder.conv_in.weight)[0]
+    assert gc.abs().sum() > 0
+    for bad in (dict(colour_head_cond=True), dict(variant="vqgan-pair", colour_head=True, colour_head_cond=True)):
+        with pytest.raises(ConfigError, match="colour_head_cond"):
+            IQVAE(tiny(**{"variant": "iq-vr", **bad}), spec)
+
+
 def test_quant_is_sum_of_both_quantizers_and_shared_codebook():
     spec = SPECS["seg"]
     model = IQVAE(tiny("iq-vr", cond_num_codes=32), spec)

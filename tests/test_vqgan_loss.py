@@ -70,6 +70,17 @@ def test_generator_loss_matches_eq3_and_adaptive_weight_by_hand():
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
 
 
+def test_colour_term_weighted_into_the_total():
+    out, image, last = _fake_output(2)
+    crit = VQGANLoss(LossConfig(sgw_weight=0.3, quant_weight=0.7, cond_recon_weight=0.2, colour_weight=2.5,
+                                disc_layers=2, disc_ch=8))
+    base, _ = crit.generator_loss(out, image, step=0, last_layer=last.weight)  # no colour field: term is 0
+    out.colour = torch.tensor(0.4)
+    total, logs = crit.generator_loss(out, image, step=0, last_layer=last.weight)
+    assert logs["colour"].item() == pytest.approx(0.4)
+    assert total.item() == pytest.approx(base.item() + 2.5 * 0.4, rel=1e-6)
+
+
 def test_adaptive_weight_clamped_and_optional():
     out, image, last = _fake_output(1)
     crit = VQGANLoss(LossConfig(disc_start=0, disc_layers=2, disc_ch=8, adaptive_max=1e-3))

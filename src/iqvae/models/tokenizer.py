@@ -92,6 +92,13 @@ class IQVAEConfig:
     audio_ch: int = opt(32, "audio condition: base channels of the spectrogram conv encoder/decoder")
     audio_ch_mult: tuple[int, ...] = opt((1, 2, 2), "audio condition: channel multiplier per level")
     audio_num_res_blocks: int = opt(1, "audio condition: ResNet blocks per level")
+    colour_head: bool = opt(False, "our addition, not in the paper: a 1x1 conv head (training only) predicts each "
+                                   "latent cell's mean pixel colour from its quantized image feature alone, with an "
+                                   "L1 loss (loss.colour_weight), so image codes carry absolute colour instead of a "
+                                   "colour relative to the condition features D_x also sees")
+    colour_head_cond: bool = opt(False, "the colour head also sees the condition features D_x sees at the cell, so "
+                                        "codes need carry only what the condition does not say (e.g. which of a "
+                                        "class's colours), consistently across cells")
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 
@@ -143,6 +150,9 @@ class IQVAEConfig:
         if self.variant == "svq" and self.decoder_cond != "quantized":
             raise ConfigError("option 'tokenizer.decoder_cond' must be 'quantized' for variant 'svq' (its condition "
                               "latent comes from the shared encoder, which needs the image)")
+        if self.colour_head_cond and (not self.colour_head or self.variant == "vqgan-pair"):
+            raise ConfigError("option 'tokenizer.colour_head_cond' needs colour_head=true and a variant whose D_x "
+                              "sees the condition (not vqgan-pair)")
         if self.cond_spec is not None:
             check_spec(ConditionSpec.from_dict(self.cond_spec), self)
 
@@ -181,6 +191,7 @@ class TokenizerOutput:
     cond_recon: torch.Tensor  # 0 when there is no condition decoder
     stats: dict[str, torch.Tensor]
     encoding: TokenizerEncoding
+    colour: torch.Tensor | None = None  # colour-head L1 (config.colour_head); 0 without the head
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -224,6 +235,7 @@ class IQVAE(nn.Module):
         self.cond_quantize = None if c.shared_codebook else self._make_quantizer(c.cond_num_codes or c.num_codes)
         self.decoder = Decoder(3, d, cond_channels=0 if c.variant == "vqgan-pair" else d, **kw)
         self.cond_decoder = self._build_cond_decoder(kw) if c.cond_decoder else None
+        self.colour_head = nn.Conv2d(2 * d if c.colour_head_cond else d, 3, 1) if c.colour_head else None
 
     # ------------------------------------------------------------------------------------------------ construction
     def _make_quantizer(self, num_codes: int) -> nn.Module:
@@ -485,7 +497,23 @@ class IQVAE(nn.Module):
             sgw = _zero(image)
         return TokenizerOutput(recon=recon, cond_out=cond_out, recon_l1=(image - recon).abs().mean(),
                                quant=enc.q_loss_img + enc.q_loss_cond, sgw=sgw, cond_recon=cond_recon,
-                               stats=dict(enc.stats), encoding=enc)
+                               stats=dict(enc.stats), encoding=enc,
+                               colour=self.colour_loss(enc.zq_img, image, feat if c.variant != "vqgan-pair" else None))
+
+    def colour_loss(self, zq_img: torch.Tensor, image: torch.Tensor, cond_feat: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """L1 between the colour head's output on ``zq_img`` (B, D, h, w) (vq: the quantized features; rq: their
+        sum over depth), with ``colour_head_cond`` concatenated with ``cond_feat`` (what D_x sees), and the mean
+        colour of each cell's pixel patch; 0 without ``config.colour_head``."""
+        if self.colour_head is None:
+            return _zero(image)
+        inp = zq_img
+        if self.config.colour_head_cond:
+            if cond_feat is None:
+                raise DataError("colour_head_cond needs the condition features D_x sees (not for vqgan-pair)")
+            inp = torch.cat([zq_img, cond_feat], dim=1)
+        target = F.adaptive_avg_pool2d(image, zq_img.shape[-2:])
+        return (self.colour_head(inp) - target).abs().mean()
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
