@@ -319,6 +319,58 @@ def test_above_input_forward_matches_direct_computation(grid):
                                rtol=0)
 
 
+@pytest.mark.parametrize("grid, K", [([3, 4], 3), ([3, 4], 4), ([2, 3, 2], 2)])
+def test_above_window_forward_matches_direct_computation(grid, K):
+    """Oracle: slot j also gets sum_d map_d(e(x_{j - W + d*depth})) over d < K with col(j) + d < w (j >= W)."""
+    torch.manual_seed(4)
+    depth = grid[2] if len(grid) == 3 else 1
+    n_image = grid[0] * grid[1] * depth
+    cfg = tiny(n_cond=4, n_image=n_image, above_input=True, above_window=K, image_grid=grid)
+    model = GPT(cfg).eval()
+    W, w = grid[1] * depth, grid[1]
+    assert model.above_offsets() == [W - d * depth for d in range(K)] and len(model.above_right) == K - 1
+    maps = [model.above_proj, *model.above_right]
+    with torch.no_grad():
+        for m in maps:
+            m.weight.normal_(0.0, 1.0)
+    cond, image = batch(cfg)
+    x = torch.cat([model.wte_cond(cond), model.wte_image(image[:, :-1])], dim=1).clone()
+    for j in range(W, n_image):
+        col = (j // depth) % w
+        for d in range(K):
+            if col + d < w:
+                x[:, cfg.n_cond - 1 + j] += maps[d](model.wte_image.weight[image[:, j - W + d * depth]])
+    expect = model.lm_head(model._trunk(x, 0, None))[:, cfg.n_cond - 1:]
+    torch.testing.assert_close(model(cond, image), expect, atol=1e-5, rtol=0)
+    for t in (W, W + 1, n_image - 1):  # prefixes equal the full run's logits
+        torch.testing.assert_close(model(cond, image[:, :t]), expect[:, :t], atol=1e-5, rtol=0)
+    onehot = F.one_hot(image, cfg.image_vocab).float()  # the soft-embedding (Gumbel) path
+    torch.testing.assert_close(model(cond, image, image_embeds=model.embed_image_soft(onehot)), expect, atol=1e-5,
+                               rtol=0)
+    # causal: changing token i changes no logit at or before i
+    base = model(cond, image)
+    for i in range(n_image):
+        other = image.clone()
+        other[:, i] = (other[:, i] + 1) % cfg.image_vocab
+        torch.testing.assert_close(model(cond, other)[:, : i + 1], base[:, : i + 1], atol=1e-6, rtol=0)
+
+
+def test_above_window_options():
+    assert GPT(tiny(n_cond=4, n_image=6, above_input=True, image_grid=[2, 3])).above_right is None  # K = 1: as before
+    with pytest.raises(ConfigError, match="above_window"):
+        GPT(tiny(n_cond=4, n_image=6, above_input=True, above_window=4, image_grid=[2, 3]))
+    with pytest.raises(ConfigError, match="above_window"):
+        GPT(tiny(n_cond=4, n_image=6, above_input=True, above_window=0, image_grid=[2, 3]))
+    model = GPT(tiny(n_cond=4, n_image=6, above_input=True, above_window=2, image_grid=[2, 3])).eval()
+    cond, image = batch(model.config)
+    cache = KVCache(model.config, 3)
+    model.prefill(cond, cache)
+    for j in range(1, 3):
+        model.decode(image[:, j - 1 : j], 4 + j - 1, cache)
+    with pytest.raises(IQVAEError, match=r"above=, shape \(3, 2\)"):
+        model.decode(image[:, 2:3], 4 + 2, cache, above=image[:, :1])
+
+
 def test_above_input_is_causal_and_errors():
     torch.manual_seed(3)
     cfg = tiny(n_cond=4, n_image=6, above_input=True, image_grid=[2, 3])

@@ -124,6 +124,10 @@ CONFIGS = [
          above_input=True, image_grid=[2, 3]),
     dict(cond_vocab=9, image_vocab=17, n_cond=5, n_image=8, n_layer=2, n_head=2, n_embd=16, above_input=True,
          image_grid=[2, 2, 2]),
+    dict(cond_vocab=9, image_vocab=17, n_cond=12, n_image=12, n_layer=2, n_head=2, n_embd=16, cond_align=True,
+         above_input=True, above_window=3, image_grid=[3, 4]),
+    dict(cond_vocab=9, image_vocab=17, n_cond=5, n_image=12, n_layer=2, n_head=2, n_embd=16, above_input=True,
+         above_window=2, image_grid=[2, 3, 2]),
 ]
 
 

@@ -118,14 +118,15 @@ def generate(
     from .models.gpt import KVCache
 
     cfg = model.config
-    W = model.above_offset  # 0 unless the model takes the token one row above as an input
+    W = model.above_offset  # 0 unless the model takes tokens of the row above as inputs
+    offsets = torch.tensor(model.above_offsets(), dtype=torch.long, device=cond.device)
 
     def step_logits(j, tokens, state):
         if j == 0:
             dtype = next(model.parameters()).dtype
             state["cache"] = KVCache(cfg, cond.shape[0], device=cond.device, dtype=dtype)
             return model.prefill(cond, state["cache"])
-        above = tokens[:, j - W : j - W + 1] if W and j >= W else None
+        above = tokens[:, j - offsets] if W and j >= W else None  # (B, above_window), all before j
         return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"], cond=cond, above=above)
 
     return _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits)

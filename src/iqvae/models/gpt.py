@@ -67,6 +67,10 @@ class GPTConfig:
     above_input: bool = opt(False, "also add, to the input of the slot that predicts image token j, a learned linear "
                             "map (above_proj) of the embedding of the image token one grid row above j (already "
                             "generated); needs image_grid; not in the paper, see GPT.above_offset")
+    above_window: int = opt(1, "with above_input: how many tokens of the row above feed the slot predicting j, "
+                            "starting directly above j and going right (1: the token above only; each further one "
+                            "has its own map above_right[d-1]; positions past the row's end are left out); at most "
+                            "the grid width")
 
     @property
     def block_size(self) -> int:
@@ -97,6 +101,10 @@ class GPTConfig:
                               f"({self.n_cond}): every image token must have one aligned condition token")
         if self.above_input and not grid:
             raise ConfigError("option above_input=true needs 'image_grid' (the image token grid [h, w])")
+        K = self.above_window
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1 or (grid and K > grid[1]):
+            raise ConfigError(f"option 'above_window' must be an integer in [1, grid width"
+                              f"{' = ' + str(grid[1]) if grid else ''}], got {K!r}")
         if self.pos_init == "spatial" and not grid:
             raise ConfigError("option pos_init='spatial' needs 'image_grid' (the image token grid [h, w])")
 
@@ -278,6 +286,13 @@ class GPT(nn.Module):
         if config.cond_align:
             self.register_buffer("align_index", aligned_cond_index(config), persistent=False)
         self.above_proj = nn.Linear(config.n_embd, config.n_embd, bias=False) if config.above_input else None
+        K = config.above_window if config.above_input else 1
+        self.above_right = (nn.ModuleList(nn.Linear(config.n_embd, config.n_embd, bias=False) for _ in range(K - 1))
+                            if K > 1 else None)
+        if K > 1:  # column of each image token (the row-end mask of the up-right inputs)
+            g = config.image_grid
+            depth = g[2] if len(g) == 3 else 1
+            self.register_buffer("image_col", (torch.arange(config.n_image) // depth) % g[1], persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -365,13 +380,34 @@ class GPT(nn.Module):
         g = self.config.image_grid
         return g[1] * (g[2] if len(g) == 3 else 1)
 
+    def above_offsets(self) -> list[int]:
+        """Offsets (tokens back from the predicted token j) of the row-above inputs: ``W - d * depth`` for
+        ``d = 0 .. above_window - 1`` (directly above, then to its right); empty without ``above_input``."""
+        W = self.above_offset
+        if not W:
+            return []
+        g = self.config.image_grid
+        depth = g[2] if len(g) == 3 else 1
+        return [W - d * depth for d in range(self.config.above_window)]
+
+    def _above_maps(self) -> list[nn.Linear]:
+        return [self.above_proj] + (list(self.above_right) if self.above_right is not None else [])
+
     def _above(self, embeds: torch.Tensor, t: int, lead: int) -> torch.Tensor | None:
-        """``above_proj`` of image embeddings ``embeds`` ``(B, >= t - W, C)`` placed under the slots of image tokens
-        ``W .. t-1``, left-padded with ``lead`` zero rows (the slots before them); None when no slot has a row above."""
+        """The row-above inputs of the slots of image tokens ``0 .. t-1`` from image embeddings ``embeds``
+        ``(B, >= t - 1, C)``, left-padded with ``lead`` zero rows (the slots before them); None when no slot has a
+        row above.  Slot j gets ``sum_d map_d(embeds[j - W + d*depth])`` over the window tokens in j's row above
+        (``j >= W``, column of j + d < w)."""
         W = self.above_offset
         if not W or t <= W:
             return None
-        return F.pad(self.above_proj(embeds[:, : t - W]), (0, 0, lead + W, 0))
+        out = F.pad(self.above_proj(embeds[:, : t - W]), (0, 0, W, 0))
+        for d, (off, proj) in enumerate(zip(self.above_offsets()[1:], self.above_right or []), start=1):
+            # token j - off feeds slot j for j >= W (the row above exists) and col(j) + d < w (no wrap-around)
+            part = F.pad(proj(embeds[:, W - off : t - off]), (0, 0, W, 0))
+            keep = (self.image_col[:t] + d < self.config.image_grid[1]).to(part.dtype)
+            out = out + part * keep[None, :, None]
+        return F.pad(out, (0, 0, lead, 0))
 
     # ------------------------------------------------------------------ input checks
     def _check_tokens(self, name: str, ids: torch.Tensor, shape: tuple, vocab: int) -> None:
@@ -471,8 +507,9 @@ class GPT(nn.Module):
         """Feed one image token ``(B, 1)`` at absolute sequence position ``pos`` (``n_cond + j`` for image token j);
         returns the logits ``(B, V)`` of the image token at position ``pos + 1``.  ``cond`` ``(B, n_cond)`` (the
         prefilled condition) is needed with ``cond_align``: the slot gets the aligned condition token's embedding.
-        ``above`` ``(B, 1)``, the image token :attr:`above_offset` tokens before the predicted one, is needed with
-        ``above_input`` once the predicted token has a row above it.
+        ``above`` ``(B, above_window)``, the image tokens :meth:`above_offsets` before the predicted one (any value
+        where a window position lies past the row's end: it is left out), is needed with ``above_input`` once the
+        predicted token has a row above it.
 
         Hot path: shape and position are checked but ids are not range-checked (that would sync a GPU every token).
         """
@@ -490,10 +527,16 @@ class GPT(nn.Module):
             x = x + self.wte_align(cond[:, self.align_index[j : j + 1]])
         W = self.above_offset
         if W and j >= W:
-            if above is None or tuple(above.shape) != tuple(token.shape):
-                raise IQVAEError(f"decode needs the image token one row above the predicted one (above=, shape "
-                                 f"{tuple(token.shape)}) when above_input is on")
-            x = x + self.above_proj(self.wte_image(above))
+            K = self.config.above_window
+            if above is None or tuple(above.shape) != (token.shape[0], K):
+                raise IQVAEError(f"decode needs the image tokens of the row above the predicted one (above=, shape "
+                                 f"({token.shape[0]}, {K})) when above_input is on")
+            e = self.wte_image(above)
+            x = x + self.above_proj(e[:, :1])
+            col = int(self.image_col[j]) if K > 1 else 0
+            for d, proj in enumerate(self.above_right or [], start=1):
+                if col + d < self.config.image_grid[1]:
+                    x = x + proj(e[:, d : d + 1])
         return self.forward_cached(x, pos, cache)[:, -1]
 
     def _checked_cache(self, cache: KVCache, batch: int) -> KVCache:

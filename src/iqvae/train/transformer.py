@@ -46,6 +46,8 @@ class GPTSize:
                            "the paper; see docs/design.md)")
     above_input: bool = opt(False, "add a map of the embedding of the image token one grid row above to each image "
                             "slot's input (not in the paper; see docs/design.md)")
+    above_window: int = opt(1, "with above_input: tokens of the row above fed to each slot, from directly above "
+                            "going right (not in the paper; see docs/design.md)")
 
 
 @dataclass
@@ -65,7 +67,7 @@ def gpt_config(size: GPTSize, meta: dict[str, Any]) -> GPTConfig:
     return GPTConfig(cond_vocab=meta["cond_vocab"], image_vocab=meta["image_vocab"], n_cond=meta["n_cond"],
                      n_image=meta["n_image"], n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
                      dropout=size.dropout, bias=size.bias, pos_init=size.pos_init, cond_align=size.cond_align,
-                     above_input=size.above_input,
+                     above_input=size.above_input, above_window=size.above_window,
                      image_grid=[int(g) for g in meta.get("tokens_shape", [])]
                      if size.pos_init == "spatial" or size.above_input else [])
 
