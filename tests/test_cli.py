@@ -145,7 +145,8 @@ def test_speed_benches_print_consistent_tables(capsys):
     assert main(["bench", "sampling", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--vocab", "32",
                  "--seq", "16", "--batch", "1,2"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)%$", out, flags=re.M)
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)x$",
+                      out, flags=re.M)
     assert [r[0] for r in rows] == ["1", "2"] and all(r[1] == "8" for r in rows)
     for r in rows:
         assert float(r[4]) == pytest.approx(float(r[2]) / float(r[3]), rel=0.02, abs=0.01)
@@ -156,3 +157,15 @@ def test_speed_benches_print_consistent_tables(capsys):
     teacher, gumbel, ratio, embed, embed_ratio = map(float, row.groups())
     assert ratio == pytest.approx(gumbel / teacher, rel=0.02, abs=0.002)
     assert embed_ratio == pytest.approx(embed / teacher, rel=0.02, abs=0.002)
+
+
+def test_roofline_ratio_closed_form():
+    """Reference: sum_j 2 N B (n_cond + j) / F; cached: prefill 2 N B n_cond / F + n_image * max(N bytes / BW, 2 N B / F)."""
+    from iqvae.bench.speed import roofline_ratio
+    from iqvae.models.gpt import GPTConfig
+
+    cfg = GPTConfig(cond_vocab=4, image_vocab=4, n_cond=2, n_image=2, n_layer=1, n_head=1, n_embd=4)
+    # N = 10, F = 100, BW = 40, 4 bytes: ref = (40 + 60) / 100 = 1; step = max(1, 0.2) = 1; cached = 0.4 + 2
+    assert roofline_ratio(cfg, 10, 1, 100.0, 40.0, 4) == pytest.approx(1 / 2.4)
+    # batch 8: ref = 8; step = max(1, 1.6) = 1.6 (compute-bound); cached = 3.2 + 3.2
+    assert roofline_ratio(cfg, 10, 8, 100.0, 40.0, 4) == pytest.approx(8 / 6.4)

@@ -3,7 +3,13 @@
 * :func:`bench_sampling`: tokens/s of the KV-cached sampler (:func:`iqvae.sampling.generate`) and of the cache-free
   reference (:func:`iqvae.sampling.generate_reference`), measured interleaved in one run, plus the cached sampler's
   share of the matmul bound: achieved ``2 * N_nonembedding`` FLOP/s (2 FLOPs per matmul parameter per token)
-  divided by the measured FLOP/s of a square ``n_embd x n_embd`` matmul on the same device and dtype.
+  divided by the measured FLOP/s of a square ``n_embd x n_embd`` matmul on the same device and dtype; its share of
+  the weight-reading bound (every decode step reads all matmul weights once: ``bytes / measured read bandwidth``);
+  and the *roofline ratio*, the speed-up both samplers would show at their bounds (the reference's
+  ``sum_j 2 N B (n_cond + j)`` FLOPs at the matmul rate against the cached sampler's
+  ``n_image * max(weight bytes / bandwidth, 2 N B / matmul rate)``).  At batch 1 this is about
+  ``mean sequence length * bandwidth / (2 * matmul rate * bytes per weight)``, a property of the device, not of the
+  sampler: a cached sampler cannot beat it without reading fewer weight bytes per token.
 * :func:`bench_train`: training iterations/s of Gumbel sampling (applied every ``every`` steps) vs teacher forcing,
   interleaved step by step; the paper reports 2.8 vs 3.0 it/s (ratio 0.93) for every=4.
 
@@ -46,6 +52,26 @@ def matmul_flops(n: int, device: torch.device | str = "cpu", dtype: torch.dtype 
     return 2.0 * n**3 / best
 
 
+def memory_bandwidth(device: torch.device | str = "cpu", mbytes: int = 256, repeats: int = 5) -> float:
+    """Measured read bandwidth in bytes/s: ``x.sum()`` over a ``mbytes`` MiB float32 tensor, best of ``repeats``."""
+    device = torch.device(device)
+    x = torch.ones(mbytes * 2**20 // 4, device=device)
+    x.sum()  # warm-up
+    best = min(_timed(lambda: x.sum(), device) for _ in range(repeats))
+    return x.numel() * 4 / best
+
+
+def roofline_ratio(config: GPTConfig, n_matmul: int, batch: int, flops: float, bandwidth: float,
+                   bytes_per_weight: int) -> float:
+    """Speed-up of the cached sampler over the full-recompute reference when both run at their roofline bound
+    (see the module docstring); attention FLOPs are left out (they only raise the reference's cost)."""
+    m, n = config.n_image, config.n_cond
+    ref = sum(2.0 * n_matmul * batch * (n + j) for j in range(m)) / flops
+    step = max(n_matmul * bytes_per_weight / bandwidth, 2.0 * n_matmul * batch / flops)
+    cached = 2.0 * n_matmul * batch * n / flops + m * step
+    return ref / cached
+
+
 def bench_sampling(
     config: GPTConfig,
     batch_sizes=(1, 32),
@@ -56,7 +82,7 @@ def bench_sampling(
     reference: bool = True,
     top_k: int | None = 100,
 ) -> list[dict]:
-    """Rows ``{batch, tokens, cached_tok_s, reference_tok_s, speedup, mm_share}`` per batch size.
+    """Rows ``{batch, tokens, cached_tok_s, reference_tok_s, speedup, mm_share, bw_share, roofline}`` per batch size.
 
     ``n_tokens`` image tokens are generated per sample (default ``config.n_image``; the model is built with
     ``n_image = n_tokens``).  Each repeat times the cached and the reference sampler back to back; medians are
@@ -68,6 +94,8 @@ def bench_sampling(
     model = GPT(config).to(device=device, dtype=dtype).eval()
     n_matmul = model.num_params(non_embedding=True)
     peak = matmul_flops(config.n_embd, device, dtype)
+    bandwidth = memory_bandwidth(device)
+    wbytes = torch.empty((), dtype=dtype).element_size()
     rows = []
     for B in batch_sizes:
         cond = torch.randint(0, config.cond_vocab, (B, config.n_cond), device=device)
@@ -90,7 +118,10 @@ def bench_sampling(
                 "reference_tok_s": r_tok_s,
                 "speedup": c_tok_s / r_tok_s if ref else float("nan"),
                 "mm_share": 2.0 * n_matmul * c_tok_s / peak,
+                "bw_share": n_matmul * wbytes * (c_tok_s / B) / bandwidth,  # one decode step per B tokens
+                "roofline": roofline_ratio(config, n_matmul, B, peak, bandwidth, wbytes),
                 "matmul_flops": peak,
+                "bandwidth": bandwidth,
             }
         )
     return rows
@@ -162,14 +193,18 @@ def format_rows(rows: list[dict]) -> str:
     samp = [r for r in rows if r.get("kind") == "sampling"]
     train = [r for r in rows if r.get("kind") == "train"]
     if samp:
-        header = f"{'batch':>5} {'tokens':>6} {'cached tok/s':>13} {'ref tok/s':>11} {'speedup':>8} {'mm share':>10}"
+        header = (f"{'batch':>5} {'tokens':>6} {'cached tok/s':>13} {'ref tok/s':>11} {'speedup':>8} {'mm share':>10}"
+                  f" {'bw share':>9} {'roofline':>9}")
         lines.append(header)
         for r in samp:
             lines.append(
                 f"{r['batch']:>5} {r['tokens']:>6} {r['cached_tok_s']:>13.1f} {r['reference_tok_s']:>11.1f} "
-                f"{r['speedup']:>7.2f}x {100 * r['mm_share']:>9.3f}%"
+                f"{r['speedup']:>7.2f}x {100 * r['mm_share']:>9.3f}% {100 * r['bw_share']:>8.1f}% "
+                f"{r['roofline']:>8.1f}x"
             )
-        lines.append(f"(matmul bound: {samp[0]['matmul_flops'] / 1e9:.1f} GFLOP/s, square matmul at model width)")
+        lines.append(f"(matmul bound: {samp[0]['matmul_flops'] / 1e9:.1f} GFLOP/s, square matmul at model width; "
+                     f"read bandwidth {samp[0]['bandwidth'] / 1e9:.1f} GB/s; bw share: decode steps/s x matmul-weight "
+                     "bytes / bandwidth; roofline: the speed-up if both samplers ran at their bound)")
     if train:
         lines.append(f"{'batch':>5} {'every':>5} {'teacher it/s':>13} {'gumbel it/s':>12} {'ratio':>6} "
                      f"{'embedding-path it/s':>20} {'ratio':>6}")
