@@ -20,6 +20,7 @@ from iqvae.data.shapes import (
 )
 from iqvae.errors import DataError
 from iqvae.metrics.shapes import (
+    code_colour_purity,
     iou_per_class,
     mask_adherence,
     mode_coverage,
@@ -139,3 +140,48 @@ def test_metrics_reject_bad_input(batch32):
         palette_accuracy(batch32.image[:3], batch32.meta[:2])
     with pytest.raises(DataError, match="seg must be"):
         mask_adherence(batch32.image, batch32.cond["seg"][:, :16])
+
+
+def _cells_by_brute_force(metas, res, h):
+    """(b, row, col, colour id) of every latent cell whose f x f pixel patch lies inside one object, by loops."""
+    from iqvae.data.shapes import render_instance_map
+
+    f, names, out = res // h, list(COLOURS), []
+    for b, meta in enumerate(metas):
+        inst = render_instance_map(meta, res)
+        for r in range(h):
+            for c in range(h):
+                patch = set(inst[r * f : (r + 1) * f, c * f : (c + 1) * f].ravel().tolist())
+                if len(patch) == 1 and 0 not in patch:
+                    out.append((b, r, c, names.index(meta["objects"][patch.pop() - 1]["colour_name"])))
+    return out
+
+
+def test_code_colour_purity_against_brute_force(batch32):
+    metas, h = batch32.meta[:40], 16
+    cells = _cells_by_brute_force(metas, 32, h)
+    colours = sorted({k for *_, k in cells})
+    # codes = colour id: purity 1, one code per colour
+    idx = torch.full((40, h, h), 99, dtype=torch.long)
+    for b, r, c, k in cells:
+        idx[b, r, c] = k
+    assert code_colour_purity(idx, metas, 32) == pytest.approx({"code_colour_purity": 1.0, "codes_per_colour": 1.0})
+    # each colour split evenly over two codes by column parity: still pure; exp(H) = 2 where both codes occur
+    for b, r, c, k in cells:
+        idx[b, r, c] = 2 * k + (c % 2)
+    got = code_colour_purity(idx, metas, 32)
+    per = []
+    for k in colours:
+        n = np.bincount([c % 2 for _, _, c, kk in cells if kk == k], minlength=2)
+        p = n[n > 0] / n.sum()
+        per.append(np.exp(-(p * np.log(p)).sum()))
+    assert got["code_colour_purity"] == pytest.approx(1.0)
+    assert got["codes_per_colour"] == pytest.approx(float(np.mean(per)))
+    # one code for everything: purity = share of the most frequent colour
+    counts = np.bincount([k for *_, k in cells])
+    got = code_colour_purity(torch.zeros(40, h, h, dtype=torch.long), metas, 32)
+    assert got == pytest.approx({"code_colour_purity": counts.max() / counts.sum(), "codes_per_colour": 1.0})
+    with pytest.raises(DataError, match="multiple of the token grid"):
+        code_colour_purity(idx[:, :12, :12], metas, 32)
+    with pytest.raises(DataError, match="one scene description"):
+        code_colour_purity(idx, metas[:3], 32)

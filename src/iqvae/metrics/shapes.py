@@ -165,3 +165,43 @@ def mode_coverage(images: torch.Tensor, meta: dict[str, Any]) -> float:
     if not scores:
         raise DataError("mode_coverage: the scene description has no visible object")
     return float(np.mean(scores))
+
+
+def code_colour_purity(indices: torch.Tensor, metas: Sequence[dict[str, Any]], resolution: int) -> dict[str, float]:
+    """How well image codes name an object colour, over the latent cells that lie wholly inside one object.
+
+    ``indices``: image token maps ``(B, h, w)`` (for residual quantization pass one depth level); each cell covers a
+    ``resolution / h`` pixel patch of the scene ``metas[b]``.  Returns
+
+    * ``code_colour_purity``: the share of those cells whose code's most frequent colour (over all those cells) is
+      their own object's colour; 1 when no code is used for two colours;
+    * ``codes_per_colour``: the mean over colours of ``exp(H(code | colour))``, the effective number of codes a
+      colour uses (1 when every colour has one code).
+    """
+    idx = torch.as_tensor(indices)
+    if idx.ndim != 3 or idx.dtype.is_floating_point or idx.shape[1] != idx.shape[2] or len(metas) != idx.shape[0]:
+        raise DataError(f"indices must be integer (B, h, h) with one scene description per map; got {idx.dtype} "
+                        f"{tuple(idx.shape)} and {len(metas)} descriptions")
+    h = idx.shape[1]
+    if resolution % h:
+        raise DataError(f"resolution {resolution} is not a multiple of the token grid {h}")
+    f = resolution // h
+    names = list(COLOURS)
+    codes, colours = [], []
+    for b, meta in enumerate(metas):
+        inst = render_instance_map(meta, resolution).reshape(h, f, h, f).transpose(0, 2, 1, 3).reshape(h, h, f * f)
+        pure = (inst == inst[..., :1]).all(-1) & (inst[..., 0] > 0)
+        ids = np.array([names.index(o["colour_name"]) for o in meta["objects"]], np.int64)
+        codes.append(idx[b].numpy()[pure])
+        colours.append(ids[inst[..., 0][pure] - 1])
+    code, colour = np.concatenate(codes), np.concatenate(colours)
+    if not code.size:
+        raise DataError("code_colour_purity: no latent cell lies wholly inside an object")
+    hist = np.zeros((int(code.max()) + 1, len(names)))
+    np.add.at(hist, (code, colour), 1.0)
+    purity = hist.max(axis=1).sum() / hist.sum()
+    per = []
+    for c in np.nonzero(hist.sum(axis=0))[0]:
+        p = hist[:, c][hist[:, c] > 0] / hist[:, c].sum()
+        per.append(float(np.exp(-(p * np.log(p)).sum())))
+    return {"code_colour_purity": float(purity), "codes_per_colour": float(np.mean(per))}

@@ -4,7 +4,8 @@
 * usage (fraction of codes used at least once) and perplexity of both codebooks over the evaluated items;
 * condition reconstruction through D_c: pixel accuracy and mIoU (seg), F1 at 0.5 (edge, layout), MSE (keypoints,
   audio), token accuracy on non-padding tokens (text);
-* on the Shapes world (when items carry object metadata): palette accuracy and mask adherence of reconstructions.
+* on the Shapes world (when items carry object metadata): palette accuracy and mask adherence of reconstructions,
+  and how well the image codes name object colours (:func:`iqvae.metrics.shapes.code_colour_purity`).
 """
 
 from __future__ import annotations
@@ -82,4 +83,9 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
         rec = torch.cat(recons)
         report["palette_accuracy"] = float(palette_accuracy(rec, metas))
         report["mask_miou"] = float(mask_adherence(rec, torch.cat(segs)))
+        from .shapes import code_colour_purity
+
+        maps = torch.cat(img_idx)
+        maps = maps[..., 0] if maps.ndim == 4 else maps  # residual quantization: the first depth level
+        report.update(code_colour_purity(maps, metas, rec.shape[-1]))
     return report
