@@ -361,6 +361,8 @@ def test_above_window_options():
         GPT(tiny(n_cond=4, n_image=6, above_input=True, above_window=4, image_grid=[2, 3]))
     with pytest.raises(ConfigError, match="above_window"):
         GPT(tiny(n_cond=4, n_image=6, above_input=True, above_window=0, image_grid=[2, 3]))
+    with pytest.raises(ConfigError, match="needs above_input"):  # no flag that silently does nothing
+        GPT(tiny(n_cond=4, n_image=6, above_window=2, image_grid=[2, 3]))
     model = GPT(tiny(n_cond=4, n_image=6, above_input=True, above_window=2, image_grid=[2, 3])).eval()
     cond, image = batch(model.config)
     cache = KVCache(model.config, 3)

@@ -102,6 +102,8 @@ class GPTConfig:
         if self.above_input and not grid:
             raise ConfigError("option above_input=true needs 'image_grid' (the image token grid [h, w])")
         K = self.above_window
+        if K != 1 and not self.above_input:
+            raise ConfigError(f"option above_window={K!r} needs above_input=true (it widens the row-above input)")
         if isinstance(K, bool) or not isinstance(K, int) or K < 1 or (grid and K > grid[1]):
             raise ConfigError(f"option 'above_window' must be an integer in [1, grid width"
                               f"{' = ' + str(grid[1]) if grid else ''}], got {K!r}")
