@@ -160,7 +160,8 @@ def test_speed_benches_print_consistent_tables(capsys):
 
 
 def test_roofline_ratio_closed_form():
-    """Reference: sum_j 2 N B (n_cond + j) / F; cached: prefill 2 N B n_cond / F + n_image * max(N bytes / BW, 2 N B / F)."""
+    """Reference: sum_j 2 N B (n_cond + j) / F; cached: prefill 2 N B n_cond / F plus
+    n_image * max(N bytes / BW, 2 N B / F)."""
     from iqvae.bench.speed import roofline_ratio
     from iqvae.models.gpt import GPTConfig
 

@@ -127,9 +127,9 @@ class VQGANLoss(nn.Module):
         colour = zero if colour is None else colour
         total = (c.sgw_weight * out.sgw + rec + c.quant_weight * out.quant
                  + c.cond_recon_weight * out.cond_recon + c.colour_weight * colour + gan)
-        logs = {"colour": colour, "total": total, "recon_l1": out.recon_l1, "perceptual": perc, "rec": rec, "quant": out.quant,
-                "sgw": out.sgw, "cond_recon": out.cond_recon, "g_loss": g_loss, "adaptive_weight": d_weight,
-                "disc_factor": torch.tensor(disc_factor), "gan": gan}
+        logs = {"total": total, "recon_l1": out.recon_l1, "perceptual": perc, "rec": rec, "quant": out.quant,
+                "sgw": out.sgw, "cond_recon": out.cond_recon, "colour": colour, "g_loss": g_loss,
+                "adaptive_weight": d_weight, "disc_factor": torch.tensor(disc_factor), "gan": gan}
         return total, {k: torch.as_tensor(v).detach() for k, v in logs.items()}
 
     def discriminator_loss(self, image: torch.Tensor, recon: torch.Tensor, step: int

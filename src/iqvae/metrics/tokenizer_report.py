@@ -78,13 +78,11 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
     if preds:
         report.update(condition_scores(model, torch.cat(preds), torch.cat(conds)))
     if metas and "objects" in metas[0] and segs:
-        from .shapes import mask_adherence, palette_accuracy
+        from .shapes import code_colour_purity, mask_adherence, palette_accuracy
 
         rec = torch.cat(recons)
         report["palette_accuracy"] = float(palette_accuracy(rec, metas))
         report["mask_miou"] = float(mask_adherence(rec, torch.cat(segs)))
-        from .shapes import code_colour_purity
-
         maps = torch.cat(img_idx)
         maps = maps[..., 0] if maps.ndim == 4 else maps  # residual quantization: the first depth level
         report.update(code_colour_purity(maps, metas, rec.shape[-1]))

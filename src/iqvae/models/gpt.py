@@ -292,9 +292,8 @@ class GPT(nn.Module):
         self.above_right = (nn.ModuleList(nn.Linear(config.n_embd, config.n_embd, bias=False) for _ in range(K - 1))
                             if K > 1 else None)
         if K > 1:  # column of each image token (the row-end mask of the up-right inputs)
-            g = config.image_grid
-            depth = g[2] if len(g) == 3 else 1
-            self.register_buffer("image_col", (torch.arange(config.n_image) // depth) % g[1], persistent=False)
+            w, depth = self._grid_width_depth()
+            self.register_buffer("image_col", (torch.arange(config.n_image) // depth) % w, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -379,8 +378,13 @@ class GPT(nn.Module):
         """
         if not self.config.above_input:
             return 0
+        w, depth = self._grid_width_depth()
+        return w * depth
+
+    def _grid_width_depth(self) -> tuple[int, int]:
+        """Width of the image token grid and its RQ depth (1 without one)."""
         g = self.config.image_grid
-        return g[1] * (g[2] if len(g) == 3 else 1)
+        return g[1], (g[2] if len(g) == 3 else 1)
 
     def above_offsets(self) -> list[int]:
         """Offsets (tokens back from the predicted token j) of the row-above inputs: ``W - d * depth`` for
@@ -388,12 +392,8 @@ class GPT(nn.Module):
         W = self.above_offset
         if not W:
             return []
-        g = self.config.image_grid
-        depth = g[2] if len(g) == 3 else 1
+        depth = self._grid_width_depth()[1]
         return [W - d * depth for d in range(self.config.above_window)]
-
-    def _above_maps(self) -> list[nn.Linear]:
-        return [self.above_proj] + (list(self.above_right) if self.above_right is not None else [])
 
     def _above(self, embeds: torch.Tensor, t: int, lead: int) -> torch.Tensor | None:
         """The row-above inputs of the slots of image tokens ``0 .. t-1`` from image embeddings ``embeds``
@@ -535,9 +535,10 @@ class GPT(nn.Module):
                                  f"({token.shape[0]}, {K})) when above_input is on")
             e = self.wte_image(above)
             x = x + self.above_proj(e[:, :1])
-            col = int(self.image_col[j]) if K > 1 else 0
+            w, depth = self._grid_width_depth()
+            col = (j // depth) % w  # in Python: reading image_col[j] would sync a GPU every token
             for d, proj in enumerate(self.above_right or [], start=1):
-                if col + d < self.config.image_grid[1]:
+                if col + d < w:
                     x = x + proj(e[:, d : d + 1])
         return self.forward_cached(x, pos, cache)[:, -1]
 
