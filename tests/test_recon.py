@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iqvae.errors import IQVAEError
-from iqvae.metrics.recon import codebook_usage, psnr, psnr_per_image, ssim, ssim_per_image
+from iqvae.metrics.recon import codebook_usage, cond_code_class_purity, psnr, psnr_per_image, ssim, ssim_per_image
 
 
 def test_psnr_closed_form():
@@ -58,3 +58,40 @@ def test_codebook_usage():
     assert codebook_usage(torch.tensor([0, 0, 1, 2]), 3)["perplexity"] == pytest.approx(2 ** 1.5)
     with pytest.raises(IQVAEError, match="outside"):
         codebook_usage(torch.tensor([0, 8]), 8)
+
+
+def _class_purity_brute_force(idx, seg, f):
+    """Loop over every cell: keep the wholly-one-non-background-class ones, count (code, class), majority share."""
+    counts = {}
+    for b in range(idx.shape[0]):
+        for r in range(idx.shape[1]):
+            for c in range(idx.shape[2]):
+                patch = seg[b, r * f:(r + 1) * f, c * f:(c + 1) * f].flatten().tolist()
+                if len(set(patch)) == 1 and patch[0] != 0:
+                    key = int(idx[b, r, c])
+                    counts.setdefault(key, {}).setdefault(patch[0], 0)
+                    counts[key][patch[0]] += 1
+    total = sum(sum(v.values()) for v in counts.values())
+    return sum(max(v.values()) for v in counts.values()) / total
+
+
+def test_cond_code_class_purity_against_brute_force_and_closed_cases():
+    g = torch.Generator().manual_seed(0)
+    # blocky class maps (2 x 2 blocks of one class, then a few pixels flipped so some cells are mixed)
+    seg = torch.randint(0, 4, (3, 4, 4), generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    seg[torch.rand(seg.shape, generator=g) < 0.1] = 2
+    idx = torch.randint(0, 5, (3, 4, 4), generator=g)
+    got = cond_code_class_purity(idx, seg)["cond_code_class_purity"]
+    assert got == pytest.approx(_class_purity_brute_force(idx, seg, 2))
+    # codes = the cell's class: pure; one code for every cell: the majority class's share
+    cls = seg[:, ::2, ::2]
+    assert cond_code_class_purity(cls, seg)["cond_code_class_purity"] == 1.0
+    one = torch.zeros_like(idx)
+    cells = seg.reshape(3, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(3, 4, 4, 4)
+    pure = (cells == cells[..., :1]).all(-1) & (cells[..., 0] != 0)
+    share = torch.bincount(cells[..., 0][pure]).max().item() / pure.sum().item()
+    assert cond_code_class_purity(one, seg)["cond_code_class_purity"] == pytest.approx(share)
+    with pytest.raises(IQVAEError, match="multiples"):
+        cond_code_class_purity(idx, seg[:, :7])
+    with pytest.raises(IQVAEError, match="no latent cell"):
+        cond_code_class_purity(idx, torch.zeros_like(seg))

@@ -264,6 +264,43 @@ def test_colour_head_with_condition_features_by_hand():
             IQVAE(tiny(**{"variant": "iq-vr", **bad}), spec)
 
 
+@pytest.mark.parametrize("modality", ["seg", "edge", "keypoints"])
+def test_cond_cell_head_loss_by_hand_and_trains_the_condition_encoder_only(modality):
+    spec = SPECS[modality]
+    model = IQVAE(tiny("iq-vr", cond_cell_head=True), spec)
+    x, c = image(), make_cond(spec)
+    out = model(x, c)
+    zq = out.encoding.zq_cond
+    h, w = model.grid
+    # by hand: the condition as network input (seg: one-hot), averaged over each cell's 2 x 2 pixel patch
+    inp = torch.nn.functional.one_hot(c, spec.channels).permute(0, 3, 1, 2).float() if modality == "seg" else c
+    cells = inp.reshape(2, inp.shape[1], h, 2, w, 2).mean(dim=(3, 5))
+    wt, b = model.cond_cell_head.weight[:, :, 0, 0], model.cond_cell_head.bias
+    pred = torch.einsum("od,bdhw->bohw", wt, zq) + b[None, :, None, None]
+    if modality == "seg":  # soft-target cross-entropy: - sum_k hist_k log softmax(pred)_k, mean over cells
+        expect = -(cells * pred.log_softmax(1)).sum(1).mean()
+    elif modality == "edge":  # binary cross-entropy with the pooled map, written out
+        expect = (torch.nn.functional.softplus(pred) - cells * pred).mean()
+    else:
+        expect = ((pred - cells) ** 2).mean()
+    assert out.cond_cell.item() == pytest.approx(expect.item(), rel=1e-5)
+    gc = torch.autograd.grad(out.cond_cell, model.cond_encoder.conv_in.weight, retain_graph=True)[0]
+    assert gc.abs().sum() > 0  # straight-through: the head shapes what the condition encoder puts into its codes
+    gx = torch.autograd.grad(out.cond_cell, model.encoder.conv_in.weight, allow_unused=True)[0]
+    assert gx is None or gx.abs().sum() == 0  # the image branch is untouched
+
+
+def test_cond_cell_head_off_by_default_and_refused_for_non_spatial_conditions():
+    spec = SPECS["seg"]
+    plain = IQVAE(tiny("iq-vr"), spec)
+    assert plain.cond_cell_head is None and not any("cond_cell" in k for k in plain.state_dict())
+    z = plain(image(), make_cond(spec)).cond_cell
+    assert z.item() == 0.0 and z.grad_fn is None
+    for modality in ("text", "audio"):
+        with pytest.raises(ConfigError, match="cond_cell_head.*spatial"):
+            IQVAE(tiny("iq-vr", cond_cell_head=True), SPECS[modality])
+
+
 def test_quant_is_sum_of_both_quantizers_and_shared_codebook():
     spec = SPECS["seg"]
     model = IQVAE(tiny("iq-vr", cond_num_codes=32), spec)
@@ -421,3 +458,22 @@ def test_tiny_model_overfits_one_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_reconstruction_report_has_the_code_purity_measures_of_a_direct_computation():
+    from iqvae.data.record import collate
+    from iqvae.data.shapes import ShapesDataset
+    from iqvae.metrics.recon import cond_code_class_purity
+    from iqvae.metrics.shapes import code_colour_purity
+    from iqvae.metrics.tokenizer_report import reconstruction_metrics
+
+    ds = ShapesDataset("val", 12, RES, ("seg",))
+    model = IQVAE(tiny("iq-vr"), ds.condition_spec("seg")).eval()
+    report = reconstruction_metrics(model, ds, "seg", batch_size=5)
+    batch = collate([ds[i] for i in range(12)])
+    with torch.no_grad():
+        enc = model.encode(batch.image, batch.cond["seg"])
+    assert report["cond_code_class_purity"] == pytest.approx(
+        cond_code_class_purity(enc.cond_indices, batch.cond["seg"])["cond_code_class_purity"])
+    assert report["code_colour_purity"] == pytest.approx(
+        code_colour_purity(enc.img_indices, batch.meta, RES)["code_colour_purity"])

@@ -70,15 +70,19 @@ def test_generator_loss_matches_eq3_and_adaptive_weight_by_hand():
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_colour_term_weighted_into_the_total():
+def test_colour_and_cond_cell_terms_weighted_into_the_total():
     out, image, last = _fake_output(2)
     crit = VQGANLoss(LossConfig(sgw_weight=0.3, quant_weight=0.7, cond_recon_weight=0.2, colour_weight=2.5,
-                                disc_layers=2, disc_ch=8))
-    base, _ = crit.generator_loss(out, image, step=0, last_layer=last.weight)  # no colour field: term is 0
+                                cond_cell_weight=1.5, disc_layers=2, disc_ch=8))
+    base, _ = crit.generator_loss(out, image, step=0, last_layer=last.weight)  # no such fields: terms are 0
     out.colour = torch.tensor(0.4)
     total, logs = crit.generator_loss(out, image, step=0, last_layer=last.weight)
     assert logs["colour"].item() == pytest.approx(0.4)
     assert total.item() == pytest.approx(base.item() + 2.5 * 0.4, rel=1e-6)
+    out.cond_cell = torch.tensor(0.3)
+    total, logs = crit.generator_loss(out, image, step=0, last_layer=last.weight)
+    assert logs["cond_cell"].item() == pytest.approx(0.3)
+    assert total.item() == pytest.approx(base.item() + 2.5 * 0.4 + 1.5 * 0.3, rel=1e-6)
 
 
 def test_adaptive_weight_clamped_and_optional():

@@ -42,6 +42,8 @@ class LossConfig:
     disc_weight: float = opt(0.8, "lambda_5: weight of the generator's adversarial loss")
     cond_recon_weight: float = opt(1.0, "weight of the condition reconstruction loss (sVQ's lambda)")
     colour_weight: float = opt(1.0, "weight of the colour-head L1 loss (only with tokenizer.model.colour_head)")
+    cond_cell_weight: float = opt(1.0, "weight of the condition cell-head loss (only with "
+                                       "tokenizer.model.cond_cell_head)")
     disc_start: int = opt(10000, "training step from which the adversarial terms are switched on")
     disc_loss: Literal["hinge", "vanilla"] = opt("hinge", "discriminator loss")
     adaptive_weight: bool = opt(True, "scale the adversarial term by the taming adaptive weight")
@@ -53,7 +55,7 @@ class LossConfig:
 
     def validate(self) -> None:
         for name in ("sgw_weight", "recon_weight", "quant_weight", "perceptual_weight", "disc_weight",
-                     "cond_recon_weight", "colour_weight", "disc_start", "adaptive_max"):
+                     "cond_recon_weight", "colour_weight", "cond_cell_weight", "disc_start", "adaptive_max"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"option 'loss.{name}' must be non-negative, got {getattr(self, name)!r}")
         for name in ("disc_layers", "disc_ch"):
@@ -125,10 +127,13 @@ class VQGANLoss(nn.Module):
         gan = disc_factor * c.disc_weight * d_weight * g_loss
         colour = getattr(out, "colour", None)
         colour = zero if colour is None else colour
-        total = (c.sgw_weight * out.sgw + rec + c.quant_weight * out.quant
-                 + c.cond_recon_weight * out.cond_recon + c.colour_weight * colour + gan)
+        cond_cell = getattr(out, "cond_cell", None)
+        cond_cell = zero if cond_cell is None else cond_cell
+        total = (c.sgw_weight * out.sgw + rec + c.quant_weight * out.quant + c.cond_recon_weight * out.cond_recon
+                 + c.colour_weight * colour + c.cond_cell_weight * cond_cell + gan)
         logs = {"total": total, "recon_l1": out.recon_l1, "perceptual": perc, "rec": rec, "quant": out.quant,
-                "sgw": out.sgw, "cond_recon": out.cond_recon, "colour": colour, "g_loss": g_loss,
+                "sgw": out.sgw, "cond_recon": out.cond_recon, "colour": colour,
+                "cond_cell": cond_cell, "g_loss": g_loss,
                 "adaptive_weight": d_weight, "disc_factor": torch.tensor(disc_factor), "gan": gan}
         return total, {k: torch.as_tensor(v).detach() for k, v in logs.items()}
 

@@ -76,3 +76,29 @@ def codebook_usage(indices: Tensor, codebook_size: int) -> dict:
     entropy = float(-(nz * nz.log()).sum())
     used = int((counts > 0).sum())
     return {"used": used, "fraction": used / codebook_size, "perplexity": math.exp(entropy)}
+
+
+def cond_code_class_purity(indices: Tensor, seg: Tensor, background: int = 0) -> dict:
+    """How well segmentation-condition codes name a class, over the latent cells that lie wholly inside one class.
+
+    ``indices``: condition token maps ``(B, h, w)`` (residual quantization: one depth level); ``seg``: the class maps
+    ``(B, H, W)`` they encode, ``H`` and ``W`` multiples of ``h`` and ``w``; cells of class ``background`` are left
+    out.  Returns ``{"cond_code_class_purity": p}``: the share of those cells whose code's most frequent class (over
+    all those cells) is their own; 1 when no code is used for two classes.  A code that does not name its class
+    leaves the class to context (D_c may still decode it well), which a transformer then has to infer as well.
+    """
+    idx, s = torch.as_tensor(indices), torch.as_tensor(seg)
+    if idx.ndim != 3 or s.ndim != 3 or idx.shape[0] != s.shape[0] or idx.dtype.is_floating_point \
+            or s.dtype.is_floating_point or s.shape[1] % idx.shape[1] or s.shape[2] % idx.shape[2]:
+        raise IQVAEError(f"cond_code_class_purity: need integer token maps (B, h, w) and class maps (B, H, W) with H, W "
+                         f"multiples of h, w; got {idx.dtype} {tuple(idx.shape)} and {s.dtype} {tuple(s.shape)}")
+    B, h, w = idx.shape
+    fh, fw = s.shape[1] // h, s.shape[2] // w
+    cells = s.reshape(B, h, fh, w, fw).permute(0, 1, 3, 2, 4).reshape(B, h, w, fh * fw).long()
+    pure = (cells == cells[..., :1]).all(-1) & (cells[..., 0] != background)
+    code, cls = idx[pure].long(), cells[..., 0][pure]
+    if code.numel() == 0:
+        raise IQVAEError("cond_code_class_purity: no latent cell lies wholly inside one non-background class")
+    n_cls = int(cls.max()) + 1
+    hist = torch.bincount(code * n_cls + cls, minlength=(int(code.max()) + 1) * n_cls).reshape(-1, n_cls)
+    return {"cond_code_class_purity": float(hist.max(dim=1).values.sum() / hist.sum())}

@@ -3,7 +3,8 @@
 * PSNR / SSIM of reconstructions (``iqvae.metrics.recon``);
 * usage (fraction of codes used at least once) and perplexity of both codebooks over the evaluated items;
 * condition reconstruction through D_c: pixel accuracy and mIoU (seg), F1 at 0.5 (edge, layout), MSE (keypoints,
-  audio), token accuracy on non-padding tokens (text);
+  audio), token accuracy on non-padding tokens (text); for seg also how well condition codes name a class
+  (:func:`iqvae.metrics.recon.cond_code_class_purity`);
 * on the Shapes world (when items carry object metadata): palette accuracy and mask adherence of reconstructions,
   and how well the image codes name object colours (:func:`iqvae.metrics.shapes.code_colour_purity`).
 """
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from ..data.record import collate
-from .recon import codebook_usage, psnr_per_image, ssim_per_image
+from .recon import codebook_usage, cond_code_class_purity, psnr_per_image, ssim_per_image
 
 
 def _miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
@@ -51,6 +52,7 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     psnrs, ssims, img_idx, cond_idx, preds, conds, recons, metas, segs = [], [], [], [], [], [], [], [], []
+    seg_conds: list[torch.Tensor] = []  # the condition itself when it is a segmentation (code class purity)
     for i in range(0, n, batch_size):
         batch = collate([dataset[j] for j in range(i, min(n, i + batch_size))])
         image, cond = batch.image.to(device), batch.cond[cond_name].to(device)
@@ -63,6 +65,8 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
             preds.append(model.condition_prediction(out.cond_out).cpu())
             conds.append(cond.cpu())
         recons.append(out.recon.clamp(-1, 1).cpu())
+        if model.cond_spec.modality == "seg":
+            seg_conds.append(cond.cpu())
         metas.extend(batch.meta)
         if "seg" in batch.cond:
             segs.append(batch.cond["seg"])
@@ -77,6 +81,10 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
         report[f"{name}_codebook_perplexity"] = float(u["perplexity"])
     if preds:
         report.update(condition_scores(model, torch.cat(preds), torch.cat(conds)))
+    if seg_conds:
+        maps = torch.cat(cond_idx)
+        maps = maps[..., 0] if maps.ndim == 4 else maps  # residual quantization: the first depth level
+        report.update(cond_code_class_purity(maps, torch.cat(seg_conds)))
     if metas and "objects" in metas[0] and segs:
         from .shapes import code_colour_purity, mask_adherence, palette_accuracy
 

@@ -99,6 +99,11 @@ class IQVAEConfig:
     colour_head_cond: bool = opt(False, "the colour head also sees the condition features D_x sees at the cell, so "
                                         "codes need carry only what the condition does not say (e.g. which of a "
                                         "class's colours), consistently across cells")
+    cond_cell_head: bool = opt(False, "our addition, not in the paper: a 1x1 conv head (training only) predicts each "
+                                      "latent cell's pooled condition (seg: its class histogram; edge, layout, "
+                                      "keypoints: the mean map) from its quantized condition feature alone "
+                                      "(loss.cond_cell_weight), so a condition code names its own cell's content "
+                                      "rather than leaving it to D_c's context (spatial conditions only)")
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 
@@ -162,6 +167,9 @@ def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
         raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(MODALITIES)}")
     if config.variant == "svq" and spec.modality not in SPATIAL:
         raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(SPATIAL)}); got '{spec.modality}'")
+    if config.cond_cell_head and spec.modality not in SPATIAL:
+        raise ConfigError(f"option 'tokenizer.cond_cell_head' needs a spatial condition ({', '.join(SPATIAL)}) whose "
+                          f"latent cells cover pixel patches; got '{spec.modality}'")
     if spec.channels < (2 if spec.modality in ("seg", "text") else 1):
         raise ConfigError(f"condition '{spec.modality}' needs more channels/classes, got {spec.channels}")
     if spec.kind == "sequence" and (spec.length is None or spec.length < 1):
@@ -192,6 +200,7 @@ class TokenizerOutput:
     stats: dict[str, torch.Tensor]
     encoding: TokenizerEncoding
     colour: torch.Tensor | None = None  # colour-head L1 (config.colour_head); 0 without the head
+    cond_cell: torch.Tensor | None = None  # condition cell-head loss (config.cond_cell_head); 0 without the head
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -236,6 +245,7 @@ class IQVAE(nn.Module):
         self.decoder = Decoder(3, d, cond_channels=0 if c.variant == "vqgan-pair" else d, **kw)
         self.cond_decoder = self._build_cond_decoder(kw) if c.cond_decoder else None
         self.colour_head = nn.Conv2d(2 * d if c.colour_head_cond else d, 3, 1) if c.colour_head else None
+        self.cond_cell_head = nn.Conv2d(d, self.cond_in_channels, 1) if c.cond_cell_head else None
 
     # ------------------------------------------------------------------------------------------------ construction
     def _make_quantizer(self, num_codes: int) -> nn.Module:
@@ -498,7 +508,8 @@ class IQVAE(nn.Module):
         return TokenizerOutput(recon=recon, cond_out=cond_out, recon_l1=(image - recon).abs().mean(),
                                quant=enc.q_loss_img + enc.q_loss_cond, sgw=sgw, cond_recon=cond_recon,
                                stats=dict(enc.stats), encoding=enc,
-                               colour=self.colour_loss(enc.zq_img, image, feat if c.variant != "vqgan-pair" else None))
+                               colour=self.colour_loss(enc.zq_img, image, feat if c.variant != "vqgan-pair" else None),
+                               cond_cell=self.cond_cell_loss(enc.zq_cond, cond))
 
     def colour_loss(self, zq_img: torch.Tensor, image: torch.Tensor, cond_feat: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -514,6 +525,22 @@ class IQVAE(nn.Module):
             inp = torch.cat([zq_img, cond_feat], dim=1)
         target = F.adaptive_avg_pool2d(image, zq_img.shape[-2:])
         return (self.colour_head(inp) - target).abs().mean()
+
+    def cond_cell_loss(self, zq_cond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Loss of the condition cell head on ``zq_cond`` (B, D, h, w) against each cell's pooled condition input
+        (:meth:`condition_input` averaged over the cell's pixel patch), per modality as :meth:`condition_loss`: seg:
+        cross-entropy with the class histogram as soft target; edge, layout: binary cross-entropy with the pooled
+        map; keypoints: squared error.  0 without ``config.cond_cell_head``."""
+        if self.cond_cell_head is None:
+            return _zero(zq_cond)
+        target = F.adaptive_avg_pool2d(self.condition_input(cond), zq_cond.shape[-2:])
+        pred = self.cond_cell_head(zq_cond)
+        m = self.cond_spec.modality
+        if m == "seg":
+            return -(target * F.log_softmax(pred, dim=1)).sum(1).mean()
+        if m in ("edge", "layout"):
+            return F.binary_cross_entropy_with_logits(pred, target)
+        return F.mse_loss(pred, target)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
