@@ -299,6 +299,14 @@ def test_cond_cell_head_off_by_default_and_refused_for_non_spatial_conditions():
     for modality in ("text", "audio"):
         with pytest.raises(ConfigError, match="cond_cell_head.*spatial"):
             IQVAE(tiny("iq-vr", cond_cell_head=True), SPECS[modality])
+        # 'spatial': off for the sequence conditions, so one preset serves every modality
+        m = IQVAE(tiny("iq-vr", cond_cell_head="spatial"), SPECS[modality])
+        assert m.cond_cell_head is None and m(image(), make_cond(SPECS[modality])).cond_cell.item() == 0.0
+    for modality in ("seg", "edge", "keypoints", "layout"):  # ... and on for the spatial ones, like true
+        on = IQVAE(tiny("iq-vr", cond_cell_head="spatial"), SPECS[modality])
+        assert on.cond_cell_head is not None and on(image(), make_cond(SPECS[modality])).cond_cell.item() > 0
+    with pytest.raises(ConfigError, match="cond_cell_head"):
+        from_dict(IQVAEConfig, {"cond_cell_head": "yes"})
 
 
 def test_quant_is_sum_of_both_quantizers_and_shared_codebook():

@@ -99,11 +99,12 @@ class IQVAEConfig:
     colour_head_cond: bool = opt(False, "the colour head also sees the condition features D_x sees at the cell, so "
                                         "codes need carry only what the condition does not say (e.g. which of a "
                                         "class's colours), consistently across cells")
-    cond_cell_head: bool = opt(False, "our addition, not in the paper: a 1x1 conv head (training only) predicts each "
-                                      "latent cell's pooled condition (seg: its class histogram; edge, layout, "
-                                      "keypoints: the mean map) from its quantized condition feature alone "
-                                      "(loss.cond_cell_weight), so a condition code names its own cell's content "
-                                      "rather than leaving it to D_c's context (spatial conditions only)")
+    cond_cell_head: bool | Literal["spatial"] = opt(
+        False, "our addition, not in the paper: a 1x1 conv head (training only) predicts each latent cell's pooled "
+        "condition (seg: its class histogram; edge, layout, keypoints: the mean map) from its quantized condition "
+        "feature alone (loss.cond_cell_weight), so a condition code names its own cell's content rather than leaving "
+        "it to D_c's context.  true: on (refused for text and audio, whose latents are not pixel patches); "
+        "'spatial': on for seg, edge, keypoints and layout, off for text and audio; false: off")
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 
@@ -167,9 +168,10 @@ def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
         raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(MODALITIES)}")
     if config.variant == "svq" and spec.modality not in SPATIAL:
         raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(SPATIAL)}); got '{spec.modality}'")
-    if config.cond_cell_head and spec.modality not in SPATIAL:
+    if config.cond_cell_head is True and spec.modality not in SPATIAL:
         raise ConfigError(f"option 'tokenizer.cond_cell_head' needs a spatial condition ({', '.join(SPATIAL)}) whose "
-                          f"latent cells cover pixel patches; got '{spec.modality}'")
+                          f"latent cells cover pixel patches; got '{spec.modality}' (cond_cell_head='spatial' turns "
+                          "it on for spatial conditions only)")
     if spec.channels < (2 if spec.modality in ("seg", "text") else 1):
         raise ConfigError(f"condition '{spec.modality}' needs more channels/classes, got {spec.channels}")
     if spec.kind == "sequence" and (spec.length is None or spec.length < 1):
@@ -245,7 +247,8 @@ class IQVAE(nn.Module):
         self.decoder = Decoder(3, d, cond_channels=0 if c.variant == "vqgan-pair" else d, **kw)
         self.cond_decoder = self._build_cond_decoder(kw) if c.cond_decoder else None
         self.colour_head = nn.Conv2d(2 * d if c.colour_head_cond else d, 3, 1) if c.colour_head else None
-        self.cond_cell_head = nn.Conv2d(d, self.cond_in_channels, 1) if c.cond_cell_head else None
+        cell_head = c.cond_cell_head is True or (c.cond_cell_head == "spatial" and spec.modality in SPATIAL)
+        self.cond_cell_head = nn.Conv2d(d, self.cond_in_channels, 1) if cell_head else None
 
     # ------------------------------------------------------------------------------------------------ construction
     def _make_quantizer(self, num_codes: int) -> nn.Module:
