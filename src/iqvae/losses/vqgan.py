@@ -125,10 +125,9 @@ class VQGANLoss(nn.Module):
         else:
             g_loss, d_weight, disc_factor = zero, zero, 0.0
         gan = disc_factor * c.disc_weight * d_weight * g_loss
-        colour = getattr(out, "colour", None)
-        colour = zero if colour is None else colour
-        cond_cell = getattr(out, "cond_cell", None)
-        cond_cell = zero if cond_cell is None else cond_cell
+        # optional terms of our additions (None or absent: the head is off)
+        colour, cond_cell = (zero if getattr(out, k, None) is None else getattr(out, k)
+                             for k in ("colour", "cond_cell"))
         total = (c.sgw_weight * out.sgw + rec + c.quant_weight * out.quant + c.cond_recon_weight * out.cond_recon
                  + c.colour_weight * colour + c.cond_cell_weight * cond_cell + gan)
         logs = {"total": total, "recon_l1": out.recon_l1, "perceptual": perc, "rec": rec, "quant": out.quant,

@@ -78,6 +78,34 @@ def codebook_usage(indices: Tensor, codebook_size: int) -> dict:
     return {"used": used, "fraction": used / codebook_size, "perplexity": math.exp(entropy)}
 
 
+def code_label_histogram(indices: Tensor, labels: Tensor, background: int = 0) -> Tensor:
+    """Counts ``hist[code, label]`` over the latent cells whose pixel patch has one label other than ``background``.
+
+    ``indices``: token maps ``(B, h, w)`` (residual quantization: one depth level); ``labels``: integer maps
+    ``(B, H, W)`` with ``H``, ``W`` multiples of ``h``, ``w`` (a class per pixel, a colour id, ...).  The shared
+    counting of :func:`cond_code_class_purity` and :func:`iqvae.metrics.shapes.code_colour_purity`.
+    """
+    idx, s = torch.as_tensor(indices), torch.as_tensor(labels)
+    if idx.ndim != 3 or s.ndim != 3 or idx.shape[0] != s.shape[0] or idx.dtype.is_floating_point \
+            or s.dtype.is_floating_point or s.shape[1] % idx.shape[1] or s.shape[2] % idx.shape[2]:
+        raise IQVAEError(f"need integer token maps (B, h, w) and label maps (B, H, W) with H, W multiples of h, w; "
+                         f"got {idx.dtype} {tuple(idx.shape)} and {s.dtype} {tuple(s.shape)}")
+    B, h, w = idx.shape
+    fh, fw = s.shape[1] // h, s.shape[2] // w
+    cells = s.reshape(B, h, fh, w, fw).permute(0, 1, 3, 2, 4).reshape(B, h, w, fh * fw).long()
+    pure = (cells == cells[..., :1]).all(-1) & (cells[..., 0] != background)
+    code, label = idx[pure].long(), cells[..., 0][pure]
+    if code.numel() == 0:
+        raise IQVAEError("no latent cell lies wholly inside one non-background label")
+    n = int(label.max()) + 1
+    return torch.bincount(code * n + label, minlength=(int(code.max()) + 1) * n).reshape(-1, n)
+
+
+def majority_share(hist: Tensor) -> float:
+    """Share of the counts ``hist[code, label]`` that fall on each code's most frequent label."""
+    return float(hist.max(dim=1).values.sum() / hist.sum())
+
+
 def cond_code_class_purity(indices: Tensor, seg: Tensor, background: int = 0) -> dict:
     """How well segmentation-condition codes name a class, over the latent cells that lie wholly inside one class.
 
@@ -87,18 +115,8 @@ def cond_code_class_purity(indices: Tensor, seg: Tensor, background: int = 0) ->
     all those cells) is their own; 1 when no code is used for two classes.  A code that does not name its class
     leaves the class to context (D_c may still decode it well), which a transformer then has to infer as well.
     """
-    idx, s = torch.as_tensor(indices), torch.as_tensor(seg)
-    if idx.ndim != 3 or s.ndim != 3 or idx.shape[0] != s.shape[0] or idx.dtype.is_floating_point \
-            or s.dtype.is_floating_point or s.shape[1] % idx.shape[1] or s.shape[2] % idx.shape[2]:
-        raise IQVAEError(f"cond_code_class_purity: need integer token maps (B, h, w) and class maps (B, H, W) with H, W "
-                         f"multiples of h, w; got {idx.dtype} {tuple(idx.shape)} and {s.dtype} {tuple(s.shape)}")
-    B, h, w = idx.shape
-    fh, fw = s.shape[1] // h, s.shape[2] // w
-    cells = s.reshape(B, h, fh, w, fw).permute(0, 1, 3, 2, 4).reshape(B, h, w, fh * fw).long()
-    pure = (cells == cells[..., :1]).all(-1) & (cells[..., 0] != background)
-    code, cls = idx[pure].long(), cells[..., 0][pure]
-    if code.numel() == 0:
-        raise IQVAEError("cond_code_class_purity: no latent cell lies wholly inside one non-background class")
-    n_cls = int(cls.max()) + 1
-    hist = torch.bincount(code * n_cls + cls, minlength=(int(code.max()) + 1) * n_cls).reshape(-1, n_cls)
-    return {"cond_code_class_purity": float(hist.max(dim=1).values.sum() / hist.sum())}
+    try:
+        hist = code_label_histogram(indices, seg, background)
+    except IQVAEError as e:
+        raise IQVAEError(f"cond_code_class_purity: {e}") from None
+    return {"cond_code_class_purity": majority_share(hist)}

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..data.shapes import CLASS_NAMES, COLOURS, OBJECT_CLASSES, PALETTES, render_instance_map
-from ..errors import DataError
+from ..errors import DataError, IQVAEError
+from .recon import code_label_histogram, majority_share
 
 # Row k of the colour table: its rgb, the class it belongs to and its index in that class's palette.
 _TABLE = [(COLOURS[n], CLASS_NAMES.index(c), i) for c in OBJECT_CLASSES for i, n in enumerate(PALETTES[c])]
@@ -182,26 +183,19 @@ def code_colour_purity(indices: torch.Tensor, metas: Sequence[dict[str, Any]], r
     if idx.ndim != 3 or idx.dtype.is_floating_point or idx.shape[1] != idx.shape[2] or len(metas) != idx.shape[0]:
         raise DataError(f"indices must be integer (B, h, h) with one scene description per map; got {idx.dtype} "
                         f"{tuple(idx.shape)} and {len(metas)} descriptions")
-    h = idx.shape[1]
-    if resolution % h:
-        raise DataError(f"resolution {resolution} is not a multiple of the token grid {h}")
-    f = resolution // h
+    if resolution % idx.shape[1]:
+        raise DataError(f"resolution {resolution} is not a multiple of the token grid {idx.shape[1]}")
     names = list(COLOURS)
-    codes, colours = [], []
-    for b, meta in enumerate(metas):
-        inst = render_instance_map(meta, resolution).reshape(h, f, h, f).transpose(0, 2, 1, 3).reshape(h, h, f * f)
-        pure = (inst == inst[..., :1]).all(-1) & (inst[..., 0] > 0)
-        ids = np.array([names.index(o["colour_name"]) for o in meta["objects"]], np.int64)
-        codes.append(idx[b].numpy()[pure])
-        colours.append(ids[inst[..., 0][pure] - 1])
-    code, colour = np.concatenate(codes), np.concatenate(colours)
-    if not code.size:
-        raise DataError("code_colour_purity: no latent cell lies wholly inside an object")
-    hist = np.zeros((int(code.max()) + 1, len(names)))
-    np.add.at(hist, (code, colour), 1.0)
-    purity = hist.max(axis=1).sum() / hist.sum()
+    colour_maps = []  # colour id + 1 per pixel, 0 outside objects (a colour belongs to one class, so to one object)
+    for meta in metas:
+        ids = np.array([0] + [names.index(o["colour_name"]) + 1 for o in meta["objects"]], np.int64)
+        colour_maps.append(torch.from_numpy(ids[render_instance_map(meta, resolution)]))
+    try:
+        hist = code_label_histogram(idx, torch.stack(colour_maps)).double()
+    except IQVAEError as e:
+        raise DataError(f"code_colour_purity: {e}") from None
     per = []
-    for c in np.nonzero(hist.sum(axis=0))[0]:
+    for c in torch.nonzero(hist.sum(dim=0)).flatten().tolist():
         p = hist[:, c][hist[:, c] > 0] / hist[:, c].sum()
-        per.append(float(np.exp(-(p * np.log(p)).sum())))
-    return {"code_colour_purity": float(purity), "codes_per_colour": float(np.mean(per))}
+        per.append(float(torch.exp(-(p * p.log()).sum())))
+    return {"code_colour_purity": majority_share(hist), "codes_per_colour": float(np.mean(per))}

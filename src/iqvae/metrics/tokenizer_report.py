@@ -81,17 +81,17 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
         report[f"{name}_codebook_perplexity"] = float(u["perplexity"])
     if preds:
         report.update(condition_scores(model, torch.cat(preds), torch.cat(conds)))
+    def first_level(maps: list[torch.Tensor]) -> torch.Tensor:
+        m = torch.cat(maps)
+        return m[..., 0] if m.ndim == 4 else m  # residual quantization: the first depth level
+
     if seg_conds:
-        maps = torch.cat(cond_idx)
-        maps = maps[..., 0] if maps.ndim == 4 else maps  # residual quantization: the first depth level
-        report.update(cond_code_class_purity(maps, torch.cat(seg_conds)))
+        report.update(cond_code_class_purity(first_level(cond_idx), torch.cat(seg_conds)))
     if metas and "objects" in metas[0] and segs:
         from .shapes import code_colour_purity, mask_adherence, palette_accuracy
 
         rec = torch.cat(recons)
         report["palette_accuracy"] = float(palette_accuracy(rec, metas))
         report["mask_miou"] = float(mask_adherence(rec, torch.cat(segs)))
-        maps = torch.cat(img_idx)
-        maps = maps[..., 0] if maps.ndim == 4 else maps  # residual quantization: the first depth level
-        report.update(code_colour_purity(maps, metas, rec.shape[-1]))
+        report.update(code_colour_purity(first_level(img_idx), metas, rec.shape[-1]))
     return report

@@ -404,10 +404,11 @@ class GPT(nn.Module):
         if not W or t <= W:
             return None
         out = F.pad(self.above_proj(embeds[:, : t - W]), (0, 0, W, 0))
+        w = self._grid_width_depth()[0]
         for d, (off, proj) in enumerate(zip(self.above_offsets()[1:], self.above_right or []), start=1):
             # token j - off feeds slot j for j >= W (the row above exists) and col(j) + d < w (no wrap-around)
             part = F.pad(proj(embeds[:, W - off : t - off]), (0, 0, W, 0))
-            keep = (self.image_col[:t] + d < self.config.image_grid[1]).to(part.dtype)
+            keep = (self.image_col[:t] + d < w).to(part.dtype)
             out = out + part * keep[None, :, None]
         return F.pad(out, (0, 0, lead, 0))
 
