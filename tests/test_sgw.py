@@ -1,4 +1,4 @@
-"""Oracle tests for the sliced Gromov-Wasserstein loss (iqvae.losses.sgw)."""
+"""Oracle tests for the sliced Gromov-Wasserstein loss (iqvae.models.sgw)."""
 
 from __future__ import annotations
 

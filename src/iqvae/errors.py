@@ -19,3 +19,7 @@ class DataError(IQVAEError, ValueError):
 
 class CheckpointError(IQVAEError, ValueError):
     """A checkpoint is missing, incomplete, or of another kind / variant than expected."""
+
+
+class ShapeError(IQVAEError, ValueError):
+    """A tensor argument has the wrong number of dimensions or sizes that do not match each other."""

@@ -29,7 +29,7 @@ def bench_regularizer_share(preset: str = "small", cond: str = "seg", steps: int
     from ..config import build_config
     from ..data.config import build_dataset
     from ..data.record import collate
-    from ..losses.sgw import sliced_gromov_wasserstein
+    from ..models.sgw import sliced_gromov_wasserstein
     from ..losses.vqgan import VQGANLoss
     from ..models.tokenizer import IQVAE
     from ..train.tokenizer import TokenizerRunConfig

@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, IQVAEError
-from ..losses.sgw import ShapeError
+from ..errors import ConfigError, IQVAEError, ShapeError
 
 KMEANS_MAX_POINTS = 65536
 DISTANCE_CHUNK_ELEMENTS = 1 << 24
@@ -236,6 +235,34 @@ class _CodebookQuantizer(nn.Module):
         usage = (counts > 0).float().mean()
         return counts, perplexity_of_counts(counts), usage
 
+    # -- the frame of forward: input, training-time codebook upkeep, output -------------------------------------
+
+    def _prepare(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` flattened to ``(N, D)``; in training, first the one-off k-means initialisation, then the dead-code
+        restarts (:meth:`_restart_dead` of the subclass)."""
+        flat = self._flatten(z)
+        if self.training:
+            with torch.no_grad():
+                if self.kmeans_init and not bool(self.kmeans_done):
+                    self._kmeans_initialise(flat.detach())
+                self._restart_dead(flat)
+        return flat
+
+    def _output(self, z: torch.Tensor, zq: torch.Tensor, idx: torch.Tensor, loss: torch.Tensor) -> QuantizerOutput:
+        """Batch statistics (EMA usage updated in training) and the output in ``z``'s layout; ``zq`` ``(N, D)``,
+        ``idx`` ``(N,)`` or ``(N, depth)``."""
+        counts, perplexity, usage = self._batch_stats(idx)
+        if self.training:
+            self._update_usage(counts)
+        B, _, H, W = z.shape
+        return QuantizerOutput(
+            z_q=zq.view(B, H, W, self.dim).permute(0, 3, 1, 2),
+            indices=idx.view(B, H, W, *idx.shape[1:]),
+            loss=loss,
+            perplexity=perplexity,
+            usage=usage,
+        )
+
     def extra_repr(self) -> str:
         return (
             f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, kmeans_init={self.kmeans_init}, "
@@ -288,31 +315,19 @@ class VectorQuantizer(_CodebookQuantizer):
         self.weight.copy_(centroids)
         self.kmeans_done.fill_(True)
 
+    def _restart_dead(self, flat: torch.Tensor) -> None:
+        self._restart(self._dead_codes(), flat.detach(), flat.shape[0])
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantise ``z`` ``(B, D, H, W)``; see :class:`QuantizerOutput`."""
-        flat = self._flatten(z)
-        if self.training:
-            with torch.no_grad():
-                if self.kmeans_init and not bool(self.kmeans_done):
-                    self._kmeans_initialise(flat.detach())
-                self._restart(self._dead_codes(), flat.detach(), flat.shape[0])
+        flat = self._prepare(z)
         zf = F.normalize(flat, dim=1) if self.l2_norm else flat
         codebook = self.codebook
         idx = nearest_code(zf.detach(), codebook.detach())
         e = F.embedding(idx, codebook).to(zf.dtype)
         loss = F.mse_loss(e, zf.detach()) + self.beta * F.mse_loss(zf, e.detach())
         zq = zf + (e - zf).detach()
-        counts, perplexity, usage = self._batch_stats(idx)
-        if self.training:
-            self._update_usage(counts)
-        B, _, H, W = z.shape
-        return QuantizerOutput(
-            z_q=zq.view(B, H, W, self.dim).permute(0, 3, 1, 2),
-            indices=idx.view(B, H, W),
-            loss=loss,
-            perplexity=perplexity,
-            usage=usage,
-        )
+        return self._output(z, zq, idx, loss)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Codebook vectors for ``indices`` ``(B, H, W)``, as a ``(B, D, H, W)`` feature map."""
@@ -386,17 +401,15 @@ class ResidualQuantizer(_CodebookQuantizer):
         self.weight.copy_(codebook)
         self.kmeans_done.fill_(True)
 
+    def _restart_dead(self, flat: torch.Tensor) -> None:
+        dead = self._dead_codes()
+        if dead.numel():
+            inputs, _ = self._encode_residuals(flat, self.weight)
+            self._restart(dead, inputs.reshape(-1, self.dim), flat.shape[0] * self.depth)
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantise ``z`` ``(B, D, H, W)``; ``indices`` are ``(B, H, W, depth)``."""
-        flat = self._flatten(z)
-        if self.training:
-            with torch.no_grad():
-                if self.kmeans_init and not bool(self.kmeans_done):
-                    self._kmeans_initialise(flat.detach())
-                dead = self._dead_codes()
-                if dead.numel():
-                    inputs, _ = self._encode_residuals(flat, self.weight)
-                    self._restart(dead, inputs.reshape(-1, self.dim), flat.shape[0] * self.depth)
+        flat = self._prepare(z)
         codebook = self.weight
         residual = flat.detach()
         partial = torch.zeros_like(flat)
@@ -413,17 +426,7 @@ class ResidualQuantizer(_CodebookQuantizer):
             codes.append(k)
         idx = torch.stack(codes, dim=1)  # (N, depth)
         zq = flat + (partial - flat).detach()
-        counts, perplexity, usage = self._batch_stats(idx)
-        if self.training:
-            self._update_usage(counts)
-        B, _, H, W = z.shape
-        return QuantizerOutput(
-            z_q=zq.view(B, H, W, self.dim).permute(0, 3, 1, 2),
-            indices=idx.view(B, H, W, self.depth),
-            loss=codebook_loss + self.beta * commitment,
-            perplexity=perplexity,
-            usage=usage,
-        )
+        return self._output(z, zq, idx, codebook_loss + self.beta * commitment)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Sum of the codes ``indices`` ``(B, H, W, depth)`` over depth, as a ``(B, D, H, W)`` feature map.

@@ -46,7 +46,7 @@ from torch import nn
 from ..config import from_dict, opt, to_dict
 from ..data.record import MODALITIES, SPATIAL, ConditionSpec
 from ..errors import CheckpointError, ConfigError, DataError
-from ..losses.sgw import sliced_gromov_wasserstein
+from .sgw import sliced_gromov_wasserstein
 from .autoencoder import Decoder, Encoder, TextDecoder, TextEncoder
 from .quantize import ResidualQuantizer, VectorQuantizer
 

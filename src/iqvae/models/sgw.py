@@ -46,14 +46,11 @@ and exists for tests.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ..errors import ConfigError, IQVAEError
-
-
-class ShapeError(IQVAEError, ValueError):
-    """A tensor argument has the wrong number of dimensions or sizes that do not match each other."""
-
+from ..errors import ConfigError, IQVAEError, ShapeError
 
 DEFAULT_NUM_PROJECTIONS = 64
 
@@ -94,13 +91,9 @@ def _as_batched(t: object, name: str) -> torch.Tensor:
     return t if t.dim() == 3 else t.unsqueeze(0)
 
 
-def _projected(
-    c: torch.Tensor,
-    x: torch.Tensor,
-    num_projections: int,
-    projections: torch.Tensor | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _projected(c: torch.Tensor, x: torch.Tensor, num_projections: int = DEFAULT_NUM_PROJECTIONS,
+               projections: torch.Tensor | None = None, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate the inputs; return both sets projected on the same directions, each ``(B, n, L)``."""
     if isinstance(c, torch.Tensor) and isinstance(x, torch.Tensor) and c.dim() != x.dim():
         raise ShapeError(
@@ -186,15 +179,11 @@ def sliced_gromov_wasserstein(
     return _gw1d_monotone(a, b).mean()
 
 
-def sliced_gromov_wasserstein_reference(
-    c: torch.Tensor,
-    x: torch.Tensor,
-    num_projections: int = DEFAULT_NUM_PROJECTIONS,
-    projections: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Slow O(n^2)-per-direction evaluation of :func:`sliced_gromov_wasserstein` (same arguments); for tests."""
-    a, b = _projected(c, x, num_projections, projections, generator)
+def sliced_gromov_wasserstein_reference(c: torch.Tensor, x: torch.Tensor, **directions: Any) -> torch.Tensor:
+    """Slow O(n^2)-per-direction evaluation of :func:`sliced_gromov_wasserstein`; for tests.
+
+    ``directions``: its ``num_projections`` / ``projections`` / ``generator``, with the same defaults."""
+    a, b = _projected(c, x, **directions)
     a = torch.sort(a, dim=1).values.transpose(1, 2)  # (B, L, n)
     b = torch.sort(b, dim=1).values.transpose(1, 2)
     n = a.shape[-1]
