@@ -90,7 +90,7 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
 
     # the reported metrics equal an independent recomputation from the saved pipeline at the same seed
     from iqvae.data.config import build_dataset
-    from iqvae.evaluate import draw_samples, shapes_metrics
+    from iqvae.evaluation.samples import draw_samples, shapes_metrics
     from iqvae.pipeline import IQVAEPipeline
 
     pipe = IQVAEPipeline.from_pretrained(out / "seg")
@@ -113,9 +113,9 @@ def test_readme_manual_pipeline_samples_from_the_transformer_run(tmp_path):
     the codes; the pipeline equals one assembled by hand from the two run folders."""
     import torch
 
+    from iqvae.models.gpt import GPT
+    from iqvae.models.tokenizer import IQVAE
     from iqvae.pipeline import IQVAEPipeline
-    from iqvae.train.tokenizer import load_tokenizer
-    from iqvae.train.transformer import load_transformer
 
     tiny = ["--preset", "tiny", "--no-progress", "--set", "train.steps=2", "--set", "train.checkpoint_every=2"]
     assert main(["train-tokenizer", *tiny, "--cond", "seg", "--set", "data.train_size=16", "--set", "data.val_size=4",
@@ -128,7 +128,7 @@ def test_readme_manual_pipeline_samples_from_the_transformer_run(tmp_path):
                  "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").stat().st_size > 0
     pipe = IQVAEPipeline.from_pretrained(tmp_path / "stage2")
-    tok, gpt = load_tokenizer(tmp_path / "stage1"), load_transformer(tmp_path / "stage2")
+    tok, gpt = IQVAE.from_pretrained(tmp_path / "stage1"), GPT.from_pretrained(tmp_path / "stage2")
     for a, b in ((pipe.tokenizer, tok), (pipe.transformer, gpt)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

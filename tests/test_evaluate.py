@@ -66,11 +66,11 @@ def test_json_keys_and_names(evaluated):
 
 def test_values_match_direct_calls(model_dir, evaluated):
     from iqvae.codes import load_codes
-    from iqvae.evaluate import draw_samples, shapes_metrics
-    from iqvae.metrics.evaluate_cmd import fd_kid, reconstructions, swd_entry
+    from iqvae.evaluation.evaluate import fd_kid, reconstructions, swd_entry
+    from iqvae.evaluation.samples import draw_samples, shapes_metrics
     from iqvae.metrics.fd import frechet_distance, load_feature_classifier
+    from iqvae.metrics.nll import validation_nll
     from iqvae.pipeline import IQVAEPipeline
-    from iqvae.train.transformer import validation_nll
 
     res, _, cache = evaluated
     m = res["metrics"]
@@ -96,7 +96,7 @@ def test_values_match_direct_calls(model_dir, evaluated):
 def test_lpips_diversity_with_weight_files(model_dir, evaluated, tmp_path):
     from safetensors.torch import save_file
 
-    from iqvae.evaluate import draw_samples
+    from iqvae.evaluation.samples import draw_samples
     from iqvae.metrics.diversity import lpips_diversity
     from iqvae.models.lpips import LPIPS, build_lpips
     from iqvae.pipeline import IQVAEPipeline
@@ -131,7 +131,7 @@ def test_bad_input_is_a_clear_error(model_dir, tmp_path, capsys):
     assert main(["evaluate", "--model", str(model_dir), "--codes", str(tmp_path)]) == 2
     assert "--codes" in capsys.readouterr().err
     with pytest.raises(IQVAEError, match="--conditions"):
-        from iqvae.metrics.evaluate_cmd import evaluate_model
+        from iqvae.evaluation.evaluate import evaluate_model
 
         evaluate_model(model_dir, conditions=0)
 

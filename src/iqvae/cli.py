@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "iqvae.data.commands",
     "iqvae.train.commands",
     "iqvae.sample_commands",
+    "iqvae.evaluation.commands",
     "iqvae.metrics.commands",
     "iqvae.bench.commands",
     "iqvae.demo",

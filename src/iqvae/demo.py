@@ -25,8 +25,8 @@ def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progres
 
     ``overrides``: ``tokenizer.KEY=VALUE`` / ``transformer.KEY=VALUE`` strings applied over the preset.
     """
-    from .bench.stages import ensure_codes, ensure_pipeline, ensure_tokenizer, ensure_transformer, stage_done
     from .config import build_config
+    from .stages import ensure_codes, ensure_pipeline, ensure_tokenizer, ensure_transformer, stage_done
     from .train.tokenizer import TokenizerRunConfig
     from .train.transformer import TransformerRunConfig
 
@@ -65,7 +65,7 @@ def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed
     import torch
 
     from .data.config import build_dataset
-    from .evaluate import draw_samples, shapes_metrics
+    from .evaluation.samples import draw_samples, shapes_metrics
     from .pipeline import IQVAEPipeline
 
     pipe = IQVAEPipeline.from_pretrained(d)
@@ -83,9 +83,10 @@ def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed
 
 
 def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: float) -> Path:
+    from .machine import machine_info
     from .report import Section, loss_curve_image, write_html
     from .sample_commands import condition_preview
-    from .train.common import machine_info, read_log
+    from .train.common import read_log
     from .viz import grid_image, to_pil
 
     sections = []

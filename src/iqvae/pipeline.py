@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 import torch
 
-from .checkpoint import save_checkpoint
-from .config import to_dict
 from .errors import CheckpointError, DataError, IQVAEError
+from .models.gpt import GPT
+from .models.tokenizer import IQVAE
+from .models.weights import checkpoint_folder
 from .sampling import generate, validate_sampling_args
 
 
 class IQVAEPipeline:
-    def __init__(self, tokenizer: torch.nn.Module, transformer: torch.nn.Module, device: str | torch.device = "cpu"):
+    def __init__(self, tokenizer: IQVAE, transformer: GPT, device: str | torch.device = "cpu"):
         self.tokenizer = tokenizer.to(device).eval()
         self.transformer = transformer.to(device).eval()
         self.device = torch.device(device)
@@ -44,33 +45,25 @@ class IQVAEPipeline:
     # ---- loading / saving -------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "IQVAEPipeline":
-        from .train.tokenizer import load_tokenizer
-        from .train.transformer import load_transformer
-
         path = Path(path)
         if (path / "transformer").is_dir() and not (path / "tokenizer").is_dir():
             # a `train-transformer` run folder: its codes name the tokenizer they were encoded with
-            transformer = load_transformer(path / "transformer")
-            tok = (getattr(transformer, "codes_meta", {}) or {}).get("tokenizer")
+            transformer = GPT.from_pretrained(path)
+            tok = (transformer.codes_meta or {}).get("tokenizer")
             if not tok or not Path(tok).is_dir():
                 raise CheckpointError(f"'{path}' holds a transformer whose tokenizer is not found (its codes name "
                                       f"{tok!r}); pass a pipeline folder with tokenizer/ and transformer/")
-            return cls(load_tokenizer(tok), transformer, device)
+            return cls(IQVAE.from_pretrained(tok), transformer, device)
         for sub in ("tokenizer", "transformer"):
             if not (path / sub).is_dir():
                 raise CheckpointError(f"'{path}' is not a pipeline folder: '{sub}/' is missing")
-        return cls(load_tokenizer(path / "tokenizer"), load_transformer(path / "transformer"), device)
+        return cls(IQVAE.from_pretrained(path), GPT.from_pretrained(path), device)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        from .train.tokenizer import MODEL_KIND as TOK_KIND
-        from .train.transformer import MODEL_KIND as GPT_KIND
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tok_header = {"model": self.tokenizer.config_dict(), "data": to_dict(getattr(self.tokenizer, "data_config", None))}
-        save_checkpoint(path / "tokenizer", kind=TOK_KIND, config=tok_header, model_state=self.tokenizer.state_dict())
-        gpt_header = {"model": to_dict(self.transformer.config), "codes": getattr(self.transformer, "codes_meta", {})}
-        save_checkpoint(path / "transformer", kind=GPT_KIND, config=gpt_header, model_state=self.transformer.state_dict())
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.transformer.save_pretrained(path / "transformer")
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------------
@@ -135,9 +128,8 @@ def copy_pipeline(src_tokenizer: str | Path, src_transformer: str | Path, dest: 
     """Assemble a pipeline folder from a tokenizer and a transformer checkpoint folder (copies the files)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for src, name in ((Path(src_tokenizer), "tokenizer"), (Path(src_transformer), "transformer")):
-        if (src / name).is_dir():
-            src = src / name
+    for src, name in ((src_tokenizer, "tokenizer"), (src_transformer, "transformer")):
+        src = checkpoint_folder(src, name)
         if not (src / "config.json").is_file():
             raise CheckpointError(f"'{src}' is not a {name} checkpoint folder")
         if (dest / name).exists():

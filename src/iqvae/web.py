@@ -129,7 +129,7 @@ def _test_dataset(pipe: Any) -> Any:
     """The test split of the dataset the pipeline's tokenizer was trained on (cached per pipeline)."""
     key = id(pipe)
     if key not in _DATASETS:
-        cfg = getattr(pipe.tokenizer, "data_config", None)
+        cfg = pipe.tokenizer.data_config
         if cfg is None:
             raise IQVAEError("this model was saved without a dataset config, so there is no example condition; "
                              "draw or upload one instead")
@@ -149,7 +149,7 @@ def class_names(pipe: Any) -> list[str]:
     """Names of the segmentation classes, from the model's dataset when it knows them, else ``class i``."""
     n = pipe.cond_spec.channels
     names: Any = None
-    cfg = getattr(pipe.tokenizer, "data_config", None)
+    cfg = pipe.tokenizer.data_config
     if cfg is not None and getattr(cfg, "dataset", None) == "shapes":
         from .data.shapes import CLASS_NAMES
 
@@ -265,7 +265,7 @@ def condition_from_upload(path: str | Path, pipe: Any, max_upload_mb: float = DE
     if size > max_upload_mb * 1024 * 1024:
         raise DataError(f"upload '{name}' is too large: {size / 2**20:.1f} MB, the limit is {max_upload_mb:g} MB")
     if path.suffix.lower() in _NON_IMAGE_SUFFIXES:
-        return load_condition(path, pipe.cond_spec, pipe.resolution, getattr(pipe.tokenizer, "data_config", None))
+        return load_condition(path, pipe.cond_spec, pipe.resolution, pipe.tokenizer.data_config)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -2,8 +2,8 @@
 
 Every system trains with the same preset (``ablation-small`` / ``ablation-full``): same data, tokenizer size,
 steps and batch, same transformer size, steps and batch; systems differ only in the options listed in
-:data:`SYSTEMS`.  Rows 3 and 4 (``iq-vr`` and ``iq-vr+gs``) share the tokenizer of each seed: only stage 2 differs.
-Every system is then evaluated by :func:`iqvae.metrics.evaluate_cmd.evaluate_model` on the same held-out test
+:data:`~iqvae.bench.ablation_runs.SYSTEMS`.  Rows 3 and 4 (``iq-vr`` and ``iq-vr+gs``) share the tokenizer of each seed: only stage 2 differs.
+Every system is then evaluated by :func:`iqvae.evaluation.evaluate.evaluate_model` on the same held-out test
 conditions with the same sampler settings and the same feature extractor.
 
 A sweep of latent grid sizes (``fig6_grids``, via the number of ``model.ch_mult`` levels) gives the NLL vs
@@ -24,73 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import apply_overrides, build_config, from_dict, load_preset, opt, to_dict
+from ..config import apply_overrides, build_config, from_dict, load_preset, to_dict
 from ..errors import IQVAEError
-from .stages import ensure_codes, ensure_pipeline, ensure_tokenizer, ensure_transformer
-
-
-@dataclass(frozen=True)
-class System:
-    label: str
-    tokenizer: str  # key of the tokenizer run (systems with equal keys share it)
-    tok_overrides: tuple[str, ...]
-    gpt_overrides: tuple[str, ...]
-
-
-SYSTEMS: dict[str, System] = {
-    "vqgan-pair": System("VQGAN pair + T (teacher forcing)", "vqgan-pair", ("model.variant=vqgan-pair",),
-                         ("gumbel.mode=teacher",)),
-    "iq-none": System("IQ-VAE w/o VR + T", "iq-none", ("model.variant=iq-none",), ("gumbel.mode=teacher",)),
-    "iq-vr": System("IQ-VAE w/ VR + T", "iq-vr", ("model.variant=iq-vr",), ("gumbel.mode=teacher",)),
-    "iq-vr+gs": System("IQ-VAE w/ VR + T + GS", "iq-vr", ("model.variant=iq-vr",), ("gumbel.mode=gumbel",)),
-    "svq": System("sVQ + T (teacher forcing)", "svq", ("model.variant=svq",), ("gumbel.mode=teacher",)),
-    "iq-vr+gs+rq": System("IQ-VAE w/ VR + RQ + T + GS", "iq-vr-rq",
-                          ("model.variant=iq-vr", "model.quantizer=rq", "model.rq_depth=2"), ("gumbel.mode=gumbel",)),
-}
-TABLE3 = ("vqgan-pair", "iq-none", "iq-vr", "iq-vr+gs")
-
-
-@dataclass
-class BenchSettings:
-    """The preset's ``ablation:`` section: evaluation protocol and the Fig. 6 sweep."""
-
-    conditions: int = opt(16, "held-out test conditions per system")
-    samples: int = opt(4, "samples per condition")
-    eval_seed: int = opt(0, "sampling seed of the evaluation (the same for every system and seed)")
-    top_k: int | None = opt(100, "top-k of the sampler (null: none)")
-    real_images: int | None = opt(None, "reference reals for FD/SWD (default: the conditions' real images)")
-    recon_items: int = opt(128, "items for the reconstruction metrics")
-    extractor_steps: int = opt(1000, "training steps of the cached Shapes feature classifier")
-    fig6_grids: list[int] = opt(factory=lambda: [4, 8, 16], help="latent grid sizes of the Fig. 6 sweep (empty: none)")
-    fig6_system: str = opt("iq-vr", "system whose latent size is swept")
-    fig6_seeds: int = opt(1, "seeds of the sweep (the first N of the bench's seeds)")
-    grid_conditions: int = opt(4, "conditions shown per system in ablation.png")
-
-    def validate(self) -> None:
-        for name in ("conditions", "samples", "recon_items", "extractor_steps", "grid_conditions"):
-            if getattr(self, name) < 1:
-                raise IQVAEError(f"option 'ablation.{name}' must be at least 1, got {getattr(self, name)}")
-        if self.fig6_system not in SYSTEMS:
-            raise IQVAEError(f"option 'ablation.fig6_system' must be one of {list(SYSTEMS)}, got {self.fig6_system!r}")
-
-
-@dataclass
-class Plan:
-    work: Path
-    tok_base: Any
-    gpt_base: Any
-    settings: BenchSettings
-    progress: bool
-    tok_configs: dict[str, Any] = field(default_factory=dict)
+from ..stages import ensure_pipeline
+from .ablation_runs import SYSTEMS, BenchSettings, Plan, fig6_points, say, tokenizer_run, transformer_run
 
 
 def _split_overrides(items: list[str]) -> dict[str, list[str]]:
@@ -104,59 +47,14 @@ def _split_overrides(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _check_same_config(run_dir: Path, cfg: Any) -> None:
-    saved = run_dir / "config.yaml"
-
-    def comparable(d: dict[str, Any]) -> dict[str, Any]:  # the thread count does not change what is trained
-        return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
-
-    if saved.is_file() and comparable(yaml.safe_load(saved.read_text())) != comparable(to_dict(cfg)):
-        raise IQVAEError(f"'{run_dir}' holds a run with another configuration (budget, --set or code changed); "
-                         "choose another --work folder or delete it")
-
-
-def _grid_ch_mult(ch_mult: tuple[int, ...], resolution: int, grid: int) -> tuple[int, ...]:
-    levels = int(round(math.log2(resolution / grid))) + 1
-    if grid < 1 or resolution % grid or 2 ** (levels - 1) != resolution // grid:
-        raise IQVAEError(f"option 'ablation.fig6_grids': {grid} does not divide {resolution} px by a power of 2")
-    return tuple(ch_mult[:levels]) + (ch_mult[-1],) * max(0, levels - len(ch_mult))
-
-
-def tokenizer_run(plan: Plan, system: System, seed: int, grid: int | None = None) -> tuple[Path, Any, Path]:
-    """(tokenizer run folder, its config, codes folder), trained / encoded when missing."""
-    cfg = apply_overrides(plan.tok_base, [*system.tok_overrides, f"train.seed={seed}"])
-    key = system.tokenizer
-    if grid is not None and grid != cfg.model.grid:
-        cfg = apply_overrides(cfg, [f"model.ch_mult={list(_grid_ch_mult(cfg.model.ch_mult, cfg.model.resolution, grid))}"])
-        key = f"{key}-g{grid}"
-    run = plan.work / "tok" / f"{key}-s{seed}"
-    _check_same_config(run, cfg)
-    ensure_tokenizer(cfg, run, progress=plan.progress, say=_say)
-    codes = ensure_codes(cfg, run, run / "codes", progress=plan.progress, say=_say)
-    return run, cfg, codes
-
-
-def transformer_run(plan: Plan, name: str, system: System, seed: int, codes: Path, tag: str = "") -> Path:
-    cfg = apply_overrides(plan.gpt_base, [f"codes={codes.resolve()}", *system.gpt_overrides, f"train.seed={seed}"])
-    run = plan.work / "gpt" / f"{name}{tag}-s{seed}"
-    _check_same_config(run, cfg)
-    ensure_transformer(cfg, run, progress=plan.progress, say=_say)
-    return run
-
-
-def _say(msg: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(f"[ablation] {msg}")
-
-
 def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
 def evaluate_run(plan: Plan, name: str, seed: int, pipe: Path, codes: Path, extractor: Any, source: str,
                  lpips: Any, lpips_reason: str) -> dict[str, Any]:
-    from ..metrics.evaluate_cmd import evaluate_model, write_results
+    from ..evaluation.evaluate import evaluate_model
+    from ..evaluation.results import write_results
 
     s = plan.settings
     out = plan.work / "eval" / f"{name}-s{seed}"
@@ -166,7 +64,7 @@ def evaluate_run(plan: Plan, name: str, seed: int, pipe: Path, codes: Path, extr
         res = _read(out / "metrics.json")
         if all(res["protocol"].get(k) == v for k, v in want.items()):
             return res
-    _say(f"evaluating {name} seed {seed}")
+    say(f"evaluating {name} seed {seed}")
     res = evaluate_model(pipe, split="test", conditions=s.conditions, samples=s.samples, seed=s.eval_seed,
                          top_k=s.top_k, extractor=extractor, extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=str(codes), real_images=s.real_images,
@@ -196,13 +94,13 @@ def row_numbers(res: dict[str, Any], tok_run: Path, gpt_run: Path) -> dict[str, 
 
 
 def run_ablation_bench(args: argparse.Namespace) -> int:
-    from ..metrics.commands import build_lpips_from_args
+    from ..evaluation.commands import build_lpips_from_args
+    from ..machine import machine_info
     from ..metrics.extractor import resolve_extractor
     from ..metrics.fd import metric_name
-    from ..train.common import machine_info
     from ..train.tokenizer import TokenizerRunConfig
     from ..train.transformer import TransformerRunConfig
-    from .ablation_report import fig6_points, write_outputs
+    from .ablation_report import write_outputs
 
     started = time.perf_counter()
     if args.world != "shapes":
@@ -225,7 +123,7 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
     lpips, lpips_reason = build_lpips_from_args(_lpips_ns(args))
     extractor, source = resolve_extractor(data=tok_base.data, extractor=getattr(args, "extractor", None),
                                           inception_weights=getattr(args, "inception_weights", None),
-                                          cache=getattr(args, "cache", None), steps=settings.extractor_steps, log=_say)
+                                          cache=getattr(args, "cache", None), steps=settings.extractor_steps, log=say)
     seeds = list(range(args.seeds))
     jobs = getattr(args, "jobs", None)
     if jobs is None:
@@ -249,7 +147,7 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        _say(f"{len(tasks)} work groups on {jobs} worker processes")
+        say(f"{len(tasks)} work groups on {jobs} worker processes")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(run_group, plan, task, ev) for task in tasks]
             for fut in as_completed(futures):
@@ -316,7 +214,7 @@ def run_group(plan: Plan, task: Task, ev: tuple[Any, str, Any, str]) -> list[tup
         pipe = ensure_pipeline(tok_run, gpt_run, plan.work / "pipe" / f"{name}-s{task.seed}")
         res = evaluate_run(plan, name, task.seed, pipe, codes, extractor, source, lpips, lpips_reason)
         out.append((name, task.seed, row_numbers(res, tok_run, gpt_run), pipe))
-        _say(f"done {name} seed {task.seed}")
+        say(f"done {name} seed {task.seed}")
     return out
 
 

@@ -59,28 +59,6 @@ def noise_sentence(a: str, b: str, summary: dict[str, Any], key: str, title: str
     return f"{title}: {ea['mean']:.4g} → {eb['mean']:.4g} (Δ {diff:+.3g}, combined std {noise:.2g}: {verdict})"
 
 
-def fig6_points(plan: Any, seeds: list[int]) -> list[dict[str, Any]]:
-    """Train / reuse the latent-size sweep; one point per (grid, seed)."""
-    import json
-
-    from .ablation import SYSTEMS, tokenizer_run, transformer_run
-
-    s = plan.settings
-    system = SYSTEMS[s.fig6_system]
-    base = plan.tok_base.model.grid
-    points = []
-    for grid in s.fig6_grids:
-        for seed in seeds:
-            tok_run, cfg, codes = tokenizer_run(plan, system, seed, grid)
-            gpt_run = transformer_run(plan, s.fig6_system, system, seed, codes, tag="" if grid == base else f"-g{grid}")
-            tok, gpt = json.loads((tok_run / "report.json").read_text()), json.loads((gpt_run / "report.json").read_text())
-            depth = cfg.model.rq_depth if cfg.model.quantizer == "rq" else 1
-            points.append({"grid": grid, "seed": seed, "tokens": grid * grid * depth, "ssim": tok["ssim"],
-                           "one_minus_ssim": 1.0 - tok["ssim"], "psnr": tok["psnr"],
-                           "nll_bits": gpt.get("val_nll_bits_per_token")})
-    return points
-
-
 def fig6_plot(points: list[dict[str, Any]], path: Path, system: str) -> Path:
     import matplotlib
 
@@ -109,7 +87,7 @@ def samples_grid(pipes: dict[str, Path], settings: Any, path: Path) -> Path:
     """condition | samples for the first ``grid_conditions`` test conditions, one row per system (seed 0)."""
     from ..data.config import build_dataset
     from ..data.preview import image_tile, render_tile, tile_size
-    from ..evaluate import draw_samples
+    from ..evaluation.samples import draw_samples
     from ..pipeline import IQVAEPipeline
     from ..viz import grid_image
 
@@ -136,7 +114,7 @@ def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict
                   pipes: dict[str, Path], fig6: list[dict[str, Any]], settings: Any) -> list[Path]:
     from ..errors import IQVAEError
     from ..train.common import write_json
-    from .ablation import SYSTEMS, TABLE3
+    from .ablation_runs import SYSTEMS, TABLE3
 
     try:
         out.mkdir(parents=True, exist_ok=True)

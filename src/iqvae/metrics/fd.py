@@ -306,7 +306,7 @@ def load_feature_classifier(path: str | Path, device: str | torch.device = "cpu"
         model = ShapesClassifier(**ckpt.config)
     except TypeError as e:
         raise IQVAEError(f"feature classifier checkpoint '{path}' has a bad config: {e}") from None
-    from ..models.lpips import load_state_checked
+    from ..models.weights import load_state_checked
 
     load_state_checked(model, ckpt.model_state, Path(path) / "model.safetensors", "feature classifier")
     model.target = ckpt.meta.get("target", "unknown")  # type: ignore[attr-defined]

@@ -35,13 +35,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import opt
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import from_dict, opt, to_dict
 from ..errors import ConfigError, IQVAEError
+from .weights import checkpoint_folder, load_checkpoint_weights
 
 
 @dataclass
@@ -547,3 +551,23 @@ class GPT(nn.Module):
         if cache.batch_size != batch:
             raise IQVAEError(f"KV cache was allocated for batch {cache.batch_size}, got a batch of {batch}")
         return cache
+
+    # ------------------------------------------------------------------ checkpoint folders
+    # A ``transformer/`` folder: {"model": the GPTConfig, "codes": the codes.json of its training codes + "dir"}.
+    checkpoint_kind = "iqvae-transformer"
+    codes_meta: dict[str, Any] | None = None  # metadata of the token codes it was trained on (names its tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> GPT:
+        """The trained transformer in ``path`` (a ``transformer/`` folder or a run folder holding one), in eval
+        mode, with its :attr:`codes_meta`."""
+        path = checkpoint_folder(path, "transformer")
+        ck = load_checkpoint(path, cls.checkpoint_kind)
+        model = load_checkpoint_weights(cls(from_dict(GPTConfig, ck.config["model"])), ck.model_state, path)
+        model.codes_meta = ck.config.get("codes", {})
+        return model.to(device).eval()
+
+    def save_pretrained(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write this transformer (config, :attr:`codes_meta`, weights) as a checkpoint folder ``path``."""
+        header = {"model": to_dict(self.config), "codes": self.codes_meta or {}}
+        return save_checkpoint(path, kind=self.checkpoint_kind, config=header, model_state=self.state_dict(), meta=meta)

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, IQVAEError, ShapeError
+from ..errors import ConfigError, ShapeError
 
 DEFAULT_NUM_PROJECTIONS = 64
 

@@ -37,16 +37,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import from_dict, opt, to_dict
+from ..data.config import DataConfig
 from ..data.record import MODALITIES, SPATIAL, ConditionSpec
 from ..errors import CheckpointError, ConfigError, DataError
 from .sgw import sliced_gromov_wasserstein
+from .weights import checkpoint_folder, load_checkpoint_weights
 from .autoencoder import Decoder, Encoder, TextDecoder, TextEncoder
 from .quantize import ResidualQuantizer, VectorQuantizer
 
@@ -564,3 +568,23 @@ class IQVAE(nn.Module):
                     f"'{self.cond_spec.modality}'); it was probably saved from another variant or config. "
                     + "; ".join(parts))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------------------------------ checkpoint folders
+    # A ``tokenizer/`` folder: {"model": config_dict(), "data": the DataConfig it was trained on}, plus the weights.
+    checkpoint_kind = "iqvae-tokenizer"
+    data_config: DataConfig | None = None  # the data it was trained on; read back by from_pretrained
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> IQVAE:
+        """The trained tokenizer in ``path`` (a ``tokenizer/`` folder or a run folder holding one), in eval mode,
+        with its :attr:`data_config`."""
+        path = checkpoint_folder(path, "tokenizer")
+        ck = load_checkpoint(path, cls.checkpoint_kind)
+        model = load_checkpoint_weights(cls.from_config_dict(ck.config["model"]), ck.model_state, path)
+        model.data_config = from_dict(DataConfig, ck.config["data"])
+        return model.to(device).eval()
+
+    def save_pretrained(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write this tokenizer (config, :attr:`data_config`, weights) as a checkpoint folder ``path``."""
+        header = {"model": self.config_dict(), "data": to_dict(self.data_config)}
+        return save_checkpoint(path, kind=self.checkpoint_kind, config=header, model_state=self.state_dict(), meta=meta)

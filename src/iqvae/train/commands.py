@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -53,10 +52,11 @@ def run_encode(args: argparse.Namespace) -> int:
     from ..codes import encode_dataset, write_codes
     from ..data.config import build_dataset
     from ..errors import ConfigError
-    from .tokenizer import load_tokenizer
+    from ..models.tokenizer import IQVAE
+    from ..models.weights import checkpoint_folder
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = load_tokenizer(args.tokenizer, device)
+    tok = IQVAE.from_pretrained(args.tokenizer, device)
     data = tok.data_config
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for s in splits:
@@ -67,9 +67,7 @@ def run_encode(args: argparse.Namespace) -> int:
         ds = build_dataset(data, s)
         out[s] = encode_dataset(tok, ds, data.cond, batch_size=args.batch_size, device=device,
                                 progress=not args.no_progress, desc=f"encode {s}")
-    tok_path = Path(args.tokenizer)
-    path = write_codes(args.out, tok, tok_path / "tokenizer" if (tok_path / "tokenizer").is_dir() else tok_path,
-                       out, _to_dict(data))
+    path = write_codes(args.out, tok, checkpoint_folder(args.tokenizer, "tokenizer"), out, _to_dict(data))
     sizes = ", ".join(f"{s}: {len(v['image'])}" for s, v in out.items())
     print(f"codes: {path} ({sizes})")
     return 0

@@ -19,16 +19,17 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..config import from_dict, opt, to_dict
+from ..config import opt, to_dict
 from ..data.config import DataConfig, build_dataset
 from ..data.record import collate
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..losses.vqgan import LossConfig, VQGANLoss
+from ..machine import machine_info
 from ..models.tokenizer import IQVAE, IQVAEConfig
-from .common import prepare_run_dir, LoopConfig, RunLog, StepBatches, Timer, lr_at, machine_info, make_accelerator, set_lr, write_json
+from .common import prepare_run_dir, LoopConfig, RunLog, StepBatches, Timer, lr_at, make_accelerator, set_lr, write_json
 
 TRAIN_KIND = "iqvae-tokenizer-train"
-MODEL_KIND = "iqvae-tokenizer"
+MODEL_KIND = IQVAE.checkpoint_kind
 
 
 @dataclass
@@ -67,21 +68,6 @@ def _build_lpips(cfg: PerceptualConfig, say) -> torch.nn.Module | None:
     from ..models.lpips import build_lpips
 
     return build_lpips(cfg.backbone_weights, cfg.lin_weights, cfg.net)
-
-
-def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> IQVAE:
-    """The trained tokenizer in ``path`` (a ``tokenizer/`` folder or a run folder holding one)."""
-    path = Path(path)
-    if (path / "tokenizer").is_dir():
-        path = path / "tokenizer"
-    ck = load_checkpoint(path, MODEL_KIND)
-    model = IQVAE.from_config_dict(ck.config["model"])
-    try:
-        model.load_state_dict(ck.model_state)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{path}' do not fit its config: {str(e).splitlines()[0]}") from None
-    model.data_config = from_dict(DataConfig, ck.config["data"])  # type: ignore[attr-defined]
-    return model.to(device).eval()
 
 
 def _model_header(cfg: TokenizerRunConfig, model: IQVAE) -> dict[str, Any]:

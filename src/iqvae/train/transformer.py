@@ -11,24 +11,24 @@ Reads only what ``iqvae encode`` wrote (never runs the tokenizer).  Run folder l
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..codes import load_codebooks, load_codes, read_codes_meta
-from ..config import from_dict, opt, to_dict
-from ..errors import CheckpointError, ConfigError
+from ..config import opt, to_dict
+from ..errors import ConfigError
+from ..machine import machine_info
+from ..metrics.nll import validation_nll
 from ..models.gpt import GPT, GPTConfig
-from .common import prepare_run_dir, LoopConfig, RunLog, Timer, batch_indices, lr_at, machine_info, make_accelerator, set_lr, shard, write_json
+from .common import prepare_run_dir, LoopConfig, RunLog, Timer, batch_indices, lr_at, make_accelerator, set_lr, shard, write_json
 from .gumbel import GumbelConfig, training_loss
 
 TRAIN_KIND = "iqvae-transformer-train"
-MODEL_KIND = "iqvae-transformer"
+MODEL_KIND = GPT.checkpoint_kind
 
 
 @dataclass
@@ -70,38 +70,6 @@ def gpt_config(size: GPTSize, meta: dict[str, Any]) -> GPTConfig:
                      above_input=size.above_input, above_window=size.above_window,
                      image_grid=[int(g) for g in meta.get("tokens_shape", [])]
                      if size.pos_init == "spatial" or size.above_input else [])
-
-
-def load_transformer(path: str | Path, device: Any = "cpu") -> GPT:
-    path = Path(path)
-    if (path / "transformer").is_dir():
-        path = path / "transformer"
-    ck = load_checkpoint(path, MODEL_KIND)
-    model = GPT(from_dict(GPTConfig, ck.config["model"]))
-    try:
-        model.load_state_dict(ck.model_state)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{path}' do not fit its config: {str(e).splitlines()[0]}") from None
-    model.codes_meta = ck.config.get("codes", {})  # type: ignore[attr-defined]
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def validation_nll(model: torch.nn.Module, cond: torch.Tensor, image: torch.Tensor, *, batch_size: int,
-                   max_batches: int = 0, device: Any = "cpu") -> float:
-    """Mean negative log-likelihood of the image tokens in bits per token."""
-    model.eval()
-    total, count = 0.0, 0
-    n = image.shape[0]
-    for b, i in enumerate(range(0, n, batch_size)):
-        if max_batches and b >= max_batches:
-            break
-        c, x = cond[i:i + batch_size].to(device), image[i:i + batch_size].to(device)
-        logits = model(c, x)
-        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
-        count += x.numel()
-    model.train()
-    return total / max(count, 1) / math.log(2)
 
 
 def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,

@@ -3,7 +3,7 @@
 Protocol (also written into both files):
 
 * conditions: the first C items of the split; the pipeline draws N samples for each from one generator seeded
-  with ``seed`` (:func:`iqvae.evaluate.draw_samples`), with the given top-k / top-p / temperature.
+  with ``seed`` (:func:`iqvae.evaluation.samples.draw_samples`), with the given top-k / top-p / temperature.
 * reference reals: the first M = max(C, ``real_images``) items of the split (by default M = C: the real images of
   the evaluated conditions).
 * FD / KD: reals vs all C x N samples under one extractor; named "FID" / "KID" only with the standard Inception
@@ -40,7 +40,7 @@ def unavailable(reason: str) -> dict[str, Any]:
 
 def fd_kid(real: torch.Tensor, fake: torch.Tensor, extractor: Any, seed: int = 0) -> tuple[dict, dict]:
     """FD and KD entries of ``real`` vs ``fake`` (``(N, 3, H, W)`` in [-1, 1]) under ``extractor``."""
-    from .fd import frechet_distance, kid, metric_name
+    from ..metrics.fd import frechet_distance, kid, metric_name
 
     if real.shape[0] < 2 or fake.shape[0] < 2:
         why = f"FD needs at least 2 images per set (got {real.shape[0]} real, {fake.shape[0]} generated)"
@@ -56,7 +56,7 @@ def fd_kid(real: torch.Tensor, fake: torch.Tensor, extractor: Any, seed: int = 0
 
 def swd_entry(real: torch.Tensor, samples: torch.Tensor, seed: int = 0) -> dict[str, Any]:
     """SWD of the reference reals vs the samples ``(C, N, 3, H, W)`` taken sample-major (see the module docstring)."""
-    from .swd import MIN_RESOLUTION, sliced_wasserstein_distance
+    from ..metrics.swd import MIN_RESOLUTION, sliced_wasserstein_distance
 
     if real.shape[-1] < MIN_RESOLUTION:
         return unavailable(f"SWD needs images of at least {MIN_RESOLUTION} px; these are {real.shape[-1]} px")
@@ -74,7 +74,7 @@ def find_codes(model_dir: Path, codes: str | None, transformer: Any) -> Path | N
             raise IQVAEError(f"--codes '{p}' holds no token codes (codes.json is missing)")
         return p
     cands = [model_dir / "codes"]
-    recorded = getattr(transformer, "codes_meta", {}).get("dir")  # if a future checkpoint records its codes folder
+    recorded = (transformer.codes_meta or {}).get("dir")  # the codes folder it was trained on
     if recorded:
         cands.append(Path(recorded))
     return next((c for c in cands if (c / "codes.json").is_file()), None)
@@ -82,7 +82,7 @@ def find_codes(model_dir: Path, codes: str | None, transformer: Any) -> Path | N
 
 def nll_entry(transformer: Any, codes_dir: Path | None, split: str, batch_size: int = 64) -> dict[str, Any]:
     from ..codes import load_codes, read_codes_meta
-    from ..train.transformer import validation_nll
+    from ..metrics.nll import validation_nll
 
     if codes_dir is None:
         return unavailable("no token codes: pass --codes DIR (written by `iqvae encode`) or keep a codes/ folder "
@@ -126,10 +126,10 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
                    progress: bool = False) -> dict[str, Any]:
     """Every metric of the pipeline in ``model_dir``; see the module docstring.  ``extractor`` None: no FD."""
     from ..data.config import build_dataset
-    from ..evaluate import draw_samples, real_shapes_metrics, shapes_metrics
+    from ..machine import machine_info
+    from ..metrics.tokenizer_report import reconstruction_metrics
     from ..pipeline import IQVAEPipeline
-    from ..train.common import machine_info
-    from .tokenizer_report import reconstruction_metrics
+    from .samples import draw_samples, real_shapes_metrics, shapes_metrics
 
     if conditions < 1 or samples < 1:
         raise IQVAEError(f"--conditions and --samples must be at least 1; got {conditions} and {samples}")
@@ -137,7 +137,7 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
         raise IQVAEError(f"--recon-items must be at least 1; got {recon_items}")
     model_dir = Path(model_dir)
     pipe = IQVAEPipeline.from_pretrained(model_dir)
-    data = getattr(pipe.tokenizer, "data_config", None)
+    data = pipe.tokenizer.data_config
     if data is None:
         raise IQVAEError(f"the tokenizer in '{model_dir}' records no data config; cannot find its dataset")
     cond = data.cond
@@ -161,7 +161,7 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     elif n < 2:
         out["lpips_diversity"] = unavailable("LPIPS diversity needs at least 2 samples per condition")
     else:
-        from .diversity import lpips_diversity
+        from ..metrics.diversity import lpips_diversity
 
         d = lpips_diversity(s.images, lpips, pairs="all", seed=seed)
         out["lpips_diversity"] = {"available": True, "name": getattr(lpips, "label", "LPIPS"),
@@ -192,75 +192,3 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
         "recon_items": k, "sample_seconds": sample_seconds, "machine": machine_info(),
     }
     return {"protocol": protocol, "metrics": out}
-
-
-def _f(v: Any, digits: int = 4) -> str:
-    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-
-def metric_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
-    """(metric, value) rows for the Markdown table, unavailable metrics with their reason."""
-    m = res["metrics"]
-    rows: list[tuple[str, str]] = []
-
-    def add(label: str, entry: dict, fmt) -> None:
-        rows.append((label, fmt(entry) if entry.get("available") else f"n/a ({entry['reason']})"))
-
-    add(m["fd"].get("name", "FD"), m["fd"], lambda e: _f(e["value"]))
-    add(m["kid"].get("name", "KD"), m["kid"], lambda e: f"{_f(e['mean'])} ± {_f(e['std'])}")
-    add("SWD x1e3 (mean over levels)", m["swd"], lambda e: _f(e["mean"]))
-    add(m["lpips_diversity"].get("name", "LPIPS") + " diversity", m["lpips_diversity"],
-        lambda e: f"{_f(e['mean'])} ± {_f(e['std'])}")
-    add("NLL (bits / image token)", m["nll"], lambda e: f"{_f(e['bits_per_token'])} ({e['split']} codes)")
-    r = m["reconstruction"]
-    for key in ("psnr", "ssim", "image_codebook_usage", "image_codebook_perplexity", "cond_codebook_usage",
-                "cond_codebook_perplexity", "cond_pixel_acc", "cond_miou", "cond_code_class_purity", "cond_f1",
-                "cond_token_acc", "cond_mse", "palette_accuracy", "mask_miou", "code_colour_purity", "codes_per_colour"):
-        if key in r:
-            rows.append((f"reconstruction {key}", _f(r[key])))
-    add(r["rfd"].get("name", "rFD"), r["rfd"], lambda e: _f(e["value"]))
-    if m["shapes"].get("available"):
-        for key, v in m["shapes"]["samples"].items():
-            real = m["shapes"]["real"].get(key)
-            rows.append((f"{key} (samples; real ceiling)", f"{_f(v)}" + (f"; {_f(real)}" if real is not None else "")))
-    else:
-        rows.append(("Shapes exact metrics", f"n/a ({m['shapes']['reason']})"))
-    return rows
-
-
-def render_markdown(res: dict[str, Any]) -> str:
-    p = res["protocol"]
-    sampler = f"top-k {p['top_k']}, top-p {p['top_p']}, temperature {p['temperature']}"
-    lp = p["lpips"] or "none"
-    lines = [
-        f"# Evaluation of `{p['model']}`", "",
-        "## Protocol", "",
-        f"- data: {p['dataset']} / split `{p['split']}` / condition `{p['condition']}` at {p['resolution']} px",
-        f"- conditions: the first {p['conditions']} items of the split; {p['samples_per_condition']} samples each; "
-        f"sampling seed {p['seed']}; sampler: {sampler}",
-        f"- reference reals: the first {p['reference_reals']} items of the split",
-        f"- feature extractor: {p['extractor'] or 'none'} — {p['extractor_source']}",
-        f"- LPIPS: {lp} ({'calibrated' if p['lpips_calibrated'] else 'not calibrated / not used'})",
-        f"- reconstruction metrics over the first {p['recon_items']} items",
-        f"- sampling took {p['sample_seconds']:.1f} s; commit {p['machine'].get('commit')}, "
-        f"{p['machine'].get('cpu_count')} CPU core(s), CUDA {p['machine'].get('cuda')}", "",
-        "## Metrics", "", "| metric | value |", "|---|---|",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in metric_rows(res)]
-    lines += ["", "FD/KD are named after their extractor: \"FID\" only with the standard Inception weights. SWD: "
-              "Karras et al.'s protocol, see metrics.json for the per-level values. LPIPS diversity: "
-              + (res["metrics"]["lpips_diversity"].get("protocol", "n/a")) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def write_results(res: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    from ..train.common import write_json
-
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise IQVAEError(f"--out '{out}': cannot create the folder: {e.strerror or e}") from None
-    write_json(out / "metrics.json", res)
-    (out / "metrics.md").write_text(render_markdown(res), encoding="utf-8")
-    return out / "metrics.json", out / "metrics.md"

@@ -1,4 +1,4 @@
-"""Sampling-based evaluation of a pipeline on a dataset split.
+"""Samples of a pipeline on a dataset split, and the Shapes world's exact metrics of them.
 
 Protocol: the first ``num_conditions`` items of the split (in order) are the conditions; for each, the pipeline
 draws ``samples_per_condition`` images with the given sampler settings from one seeded generator.
@@ -6,7 +6,7 @@ draws ``samples_per_condition`` images with the given sampler settings from one 
 * Shapes world (exact): palette accuracy over every sampled object, mask adherence (mIoU between the condition's
   segmentation and the one recovered from each sample), mode coverage (per condition, over its samples).
 FD / KID, SWD, LPIPS diversity and NLL are added on top of these samples by ``iqvae evaluate``
-(:mod:`iqvae.metrics.evaluate_cmd`).
+(:mod:`iqvae.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .data.record import PairDataset
-from .errors import IQVAEError
+from ..data.record import PairDataset
+from ..errors import IQVAEError
 
 
 @dataclass
@@ -34,7 +34,7 @@ def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditi
                  temperature: float = 1.0, batch_conditions: int = 8, progress: bool = False) -> SampleSet:
     from tqdm.auto import tqdm
 
-    from .viz import bar_options
+    from ..viz import bar_options
 
     if num_conditions < 1 or samples_per_condition < 1:
         raise IQVAEError("num_conditions and samples_per_condition must be at least 1")
@@ -52,7 +52,7 @@ def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditi
 
 def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, float]:
     """The Shapes world's exact metrics of a sample set (``seg``: the ground-truth segmentation per condition)."""
-    from .metrics.shapes import mask_adherence, mode_coverage, palette_accuracy
+    from ..metrics.shapes import mask_adherence, mode_coverage, palette_accuracy
 
     c, n = samples.images.shape[:2]
     flat = samples.images.reshape(c * n, *samples.images.shape[2:])
@@ -67,7 +67,7 @@ def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, flo
 
 def real_shapes_metrics(dataset: PairDataset, num: int) -> dict[str, float]:
     """The same metrics on true images (the ceiling; about 1 for palette accuracy and mask mIoU)."""
-    from .metrics.shapes import mask_adherence, palette_accuracy
+    from ..metrics.shapes import mask_adherence, palette_accuracy
 
     items = [dataset[i] for i in range(min(num, len(dataset)))]
     imgs = torch.stack([s.image for s in items])

@@ -1,0 +1,138 @@
+"""What ``iqvae bench ablation`` trains: the systems compared (:data:`SYSTEMS`, Table 3's rows :data:`TABLE3`), the
+preset's ``ablation:`` settings, and the train-or-reuse of one tokenizer / transformer run of a system and seed
+(also the Fig. 6 latent-size sweep).  The command is :mod:`iqvae.bench.ablation`, its outputs
+:mod:`iqvae.bench.ablation_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import apply_overrides, opt, to_dict
+from ..errors import IQVAEError
+from ..stages import ensure_codes, ensure_tokenizer, ensure_transformer
+
+
+@dataclass(frozen=True)
+class System:
+    label: str
+    tokenizer: str  # key of the tokenizer run (systems with equal keys share it)
+    tok_overrides: tuple[str, ...]
+    gpt_overrides: tuple[str, ...]
+
+
+SYSTEMS: dict[str, System] = {
+    "vqgan-pair": System("VQGAN pair + T (teacher forcing)", "vqgan-pair", ("model.variant=vqgan-pair",),
+                         ("gumbel.mode=teacher",)),
+    "iq-none": System("IQ-VAE w/o VR + T", "iq-none", ("model.variant=iq-none",), ("gumbel.mode=teacher",)),
+    "iq-vr": System("IQ-VAE w/ VR + T", "iq-vr", ("model.variant=iq-vr",), ("gumbel.mode=teacher",)),
+    "iq-vr+gs": System("IQ-VAE w/ VR + T + GS", "iq-vr", ("model.variant=iq-vr",), ("gumbel.mode=gumbel",)),
+    "svq": System("sVQ + T (teacher forcing)", "svq", ("model.variant=svq",), ("gumbel.mode=teacher",)),
+    "iq-vr+gs+rq": System("IQ-VAE w/ VR + RQ + T + GS", "iq-vr-rq",
+                          ("model.variant=iq-vr", "model.quantizer=rq", "model.rq_depth=2"), ("gumbel.mode=gumbel",)),
+}
+TABLE3 = ("vqgan-pair", "iq-none", "iq-vr", "iq-vr+gs")
+
+
+@dataclass
+class BenchSettings:
+    """The preset's ``ablation:`` section: evaluation protocol and the Fig. 6 sweep."""
+
+    conditions: int = opt(16, "held-out test conditions per system")
+    samples: int = opt(4, "samples per condition")
+    eval_seed: int = opt(0, "sampling seed of the evaluation (the same for every system and seed)")
+    top_k: int | None = opt(100, "top-k of the sampler (null: none)")
+    real_images: int | None = opt(None, "reference reals for FD/SWD (default: the conditions' real images)")
+    recon_items: int = opt(128, "items for the reconstruction metrics")
+    extractor_steps: int = opt(1000, "training steps of the cached Shapes feature classifier")
+    fig6_grids: list[int] = opt(factory=lambda: [4, 8, 16], help="latent grid sizes of the Fig. 6 sweep (empty: none)")
+    fig6_system: str = opt("iq-vr", "system whose latent size is swept")
+    fig6_seeds: int = opt(1, "seeds of the sweep (the first N of the bench's seeds)")
+    grid_conditions: int = opt(4, "conditions shown per system in ablation.png")
+
+    def validate(self) -> None:
+        for name in ("conditions", "samples", "recon_items", "extractor_steps", "grid_conditions"):
+            if getattr(self, name) < 1:
+                raise IQVAEError(f"option 'ablation.{name}' must be at least 1, got {getattr(self, name)}")
+        if self.fig6_system not in SYSTEMS:
+            raise IQVAEError(f"option 'ablation.fig6_system' must be one of {list(SYSTEMS)}, got {self.fig6_system!r}")
+
+
+@dataclass
+class Plan:
+    work: Path
+    tok_base: Any
+    gpt_base: Any
+    settings: BenchSettings
+    progress: bool
+    tok_configs: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_same_config(run_dir: Path, cfg: Any) -> None:
+    saved = run_dir / "config.yaml"
+
+    def comparable(d: dict[str, Any]) -> dict[str, Any]:  # the thread count does not change what is trained
+        return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
+
+    if saved.is_file() and comparable(yaml.safe_load(saved.read_text())) != comparable(to_dict(cfg)):
+        raise IQVAEError(f"'{run_dir}' holds a run with another configuration (budget, --set or code changed); "
+                         "choose another --work folder or delete it")
+
+
+def _grid_ch_mult(ch_mult: tuple[int, ...], resolution: int, grid: int) -> tuple[int, ...]:
+    levels = int(round(math.log2(resolution / grid))) + 1
+    if grid < 1 or resolution % grid or 2 ** (levels - 1) != resolution // grid:
+        raise IQVAEError(f"option 'ablation.fig6_grids': {grid} does not divide {resolution} px by a power of 2")
+    return tuple(ch_mult[:levels]) + (ch_mult[-1],) * max(0, levels - len(ch_mult))
+
+
+def tokenizer_run(plan: Plan, system: System, seed: int, grid: int | None = None) -> tuple[Path, Any, Path]:
+    """(tokenizer run folder, its config, codes folder), trained / encoded when missing."""
+    cfg = apply_overrides(plan.tok_base, [*system.tok_overrides, f"train.seed={seed}"])
+    key = system.tokenizer
+    if grid is not None and grid != cfg.model.grid:
+        cfg = apply_overrides(cfg, [f"model.ch_mult={list(_grid_ch_mult(cfg.model.ch_mult, cfg.model.resolution, grid))}"])
+        key = f"{key}-g{grid}"
+    run = plan.work / "tok" / f"{key}-s{seed}"
+    _check_same_config(run, cfg)
+    ensure_tokenizer(cfg, run, progress=plan.progress, say=say)
+    codes = ensure_codes(cfg, run, run / "codes", progress=plan.progress, say=say)
+    return run, cfg, codes
+
+
+def transformer_run(plan: Plan, name: str, system: System, seed: int, codes: Path, tag: str = "") -> Path:
+    cfg = apply_overrides(plan.gpt_base, [f"codes={codes.resolve()}", *system.gpt_overrides, f"train.seed={seed}"])
+    run = plan.work / "gpt" / f"{name}{tag}-s{seed}"
+    _check_same_config(run, cfg)
+    ensure_transformer(cfg, run, progress=plan.progress, say=say)
+    return run
+
+
+def say(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"[ablation] {msg}")
+
+
+def fig6_points(plan: Any, seeds: list[int]) -> list[dict[str, Any]]:
+    """Train / reuse the latent-size sweep; one point per (grid, seed)."""
+    s = plan.settings
+    system = SYSTEMS[s.fig6_system]
+    base = plan.tok_base.model.grid
+    points = []
+    for grid in s.fig6_grids:
+        for seed in seeds:
+            tok_run, cfg, codes = tokenizer_run(plan, system, seed, grid)
+            gpt_run = transformer_run(plan, s.fig6_system, system, seed, codes, tag="" if grid == base else f"-g{grid}")
+            tok, gpt = json.loads((tok_run / "report.json").read_text()), json.loads((gpt_run / "report.json").read_text())
+            depth = cfg.model.rq_depth if cfg.model.quantizer == "rq" else 1
+            points.append({"grid": grid, "seed": seed, "tokens": grid * grid * depth, "ssim": tok["ssim"],
+                           "one_minus_ssim": 1.0 - tok["ssim"], "psnr": tok["psnr"],
+                           "nll_bits": gpt.get("val_nll_bits_per_token")})
+    return points

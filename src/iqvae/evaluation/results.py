@@ -1,0 +1,81 @@
+"""What ``iqvae evaluate`` writes: the metrics of :func:`iqvae.evaluation.evaluate.evaluate_model` as ``metrics.json``
+and a Markdown table with the protocol (``metrics.md``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import IQVAEError
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def metric_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) rows for the Markdown table, unavailable metrics with their reason."""
+    m = res["metrics"]
+    rows: list[tuple[str, str]] = []
+
+    def add(label: str, entry: dict, fmt) -> None:
+        rows.append((label, fmt(entry) if entry.get("available") else f"n/a ({entry['reason']})"))
+
+    add(m["fd"].get("name", "FD"), m["fd"], lambda e: _f(e["value"]))
+    add(m["kid"].get("name", "KD"), m["kid"], lambda e: f"{_f(e['mean'])} ± {_f(e['std'])}")
+    add("SWD x1e3 (mean over levels)", m["swd"], lambda e: _f(e["mean"]))
+    add(m["lpips_diversity"].get("name", "LPIPS") + " diversity", m["lpips_diversity"],
+        lambda e: f"{_f(e['mean'])} ± {_f(e['std'])}")
+    add("NLL (bits / image token)", m["nll"], lambda e: f"{_f(e['bits_per_token'])} ({e['split']} codes)")
+    r = m["reconstruction"]
+    for key in ("psnr", "ssim", "image_codebook_usage", "image_codebook_perplexity", "cond_codebook_usage",
+                "cond_codebook_perplexity", "cond_pixel_acc", "cond_miou", "cond_code_class_purity", "cond_f1",
+                "cond_token_acc", "cond_mse", "palette_accuracy", "mask_miou", "code_colour_purity", "codes_per_colour"):
+        if key in r:
+            rows.append((f"reconstruction {key}", _f(r[key])))
+    add(r["rfd"].get("name", "rFD"), r["rfd"], lambda e: _f(e["value"]))
+    if m["shapes"].get("available"):
+        for key, v in m["shapes"]["samples"].items():
+            real = m["shapes"]["real"].get(key)
+            rows.append((f"{key} (samples; real ceiling)", f"{_f(v)}" + (f"; {_f(real)}" if real is not None else "")))
+    else:
+        rows.append(("Shapes exact metrics", f"n/a ({m['shapes']['reason']})"))
+    return rows
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    p = res["protocol"]
+    sampler = f"top-k {p['top_k']}, top-p {p['top_p']}, temperature {p['temperature']}"
+    lp = p["lpips"] or "none"
+    lines = [
+        f"# Evaluation of `{p['model']}`", "",
+        "## Protocol", "",
+        f"- data: {p['dataset']} / split `{p['split']}` / condition `{p['condition']}` at {p['resolution']} px",
+        f"- conditions: the first {p['conditions']} items of the split; {p['samples_per_condition']} samples each; "
+        f"sampling seed {p['seed']}; sampler: {sampler}",
+        f"- reference reals: the first {p['reference_reals']} items of the split",
+        f"- feature extractor: {p['extractor'] or 'none'} — {p['extractor_source']}",
+        f"- LPIPS: {lp} ({'calibrated' if p['lpips_calibrated'] else 'not calibrated / not used'})",
+        f"- reconstruction metrics over the first {p['recon_items']} items",
+        f"- sampling took {p['sample_seconds']:.1f} s; commit {p['machine'].get('commit')}, "
+        f"{p['machine'].get('cpu_count')} CPU core(s), CUDA {p['machine'].get('cuda')}", "",
+        "## Metrics", "", "| metric | value |", "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in metric_rows(res)]
+    lines += ["", "FD/KD are named after their extractor: \"FID\" only with the standard Inception weights. SWD: "
+              "Karras et al.'s protocol, see metrics.json for the per-level values. LPIPS diversity: "
+              + (res["metrics"]["lpips_diversity"].get("protocol", "n/a")) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(res: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    from ..train.common import write_json
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IQVAEError(f"--out '{out}': cannot create the folder: {e.strerror or e}") from None
+    write_json(out / "metrics.json", res)
+    (out / "metrics.md").write_text(render_markdown(res), encoding="utf-8")
+    return out / "metrics.json", out / "metrics.md"
