@@ -19,6 +19,9 @@ Conventions
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 from .errors import IQVAEError
@@ -72,7 +75,7 @@ def sample_next(
     return idx.clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
-def _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits):
+def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, return_logits):
     """Shared loop: ``step_logits(j, tokens, state)`` gives the logits of image token j; sampling is identical."""
     validate_sampling_args(top_k, top_p, temperature)
     model.check_cond(cond)
@@ -129,30 +132,26 @@ def generate(
         above = tokens[:, j - offsets] if W and j >= W else None  # (B, above_window), all before j
         return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"], cond=cond, above=above)
 
-    return _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits)
+    return _run(model, cond, step_logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator,
+                return_logits=return_logits)
 
 
-def generate_reference(
-    model,
-    cond: torch.Tensor,
-    *,
-    top_k: int | None = 100,
-    top_p: float | None = None,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    return_logits: bool = False,
-):
+def generate_reference(model, cond: torch.Tensor, **sampling: Any):
     """Cache-free reference for :func:`generate`: step j runs ``model(cond, tokens[:, :j+1])`` from scratch.
 
-    O(n^2) work per token; for tests and benchmarks only.  The placeholder at column j is never fed to the network
-    (the training forward only consumes ``image[:, :t-1]``).  Same sampling calls in the same order as
-    :func:`generate`, so the same generator state gives the same tokens.
+    Takes :func:`generate`'s keyword arguments, with its defaults.  O(n^2) work per token; for tests and benchmarks
+    only.  The placeholder at column j is never fed to the network (the training forward only consumes
+    ``image[:, :t-1]``).  Same sampling calls in the same order as :func:`generate`, so the same generator state
+    gives the same tokens.
     """
+    args = inspect.signature(generate).bind(model, cond, **sampling)  # unknown keywords raise TypeError
+    args.apply_defaults()
+    settings = {k: v for k, v in args.arguments.items() if k not in ("model", "cond")}
 
     def step_logits(j, tokens, state):
         return model(cond, tokens[:, : j + 1])[:, -1]
 
-    return _run(model, cond, top_k, top_p, temperature, generator, return_logits, step_logits)
+    return _run(model, cond, step_logits, **settings)
 
 
 __all__ = ["filter_logits", "generate", "generate_reference", "sample_next", "validate_sampling_args"]

@@ -2,7 +2,8 @@
 
 Every system trains with the same preset (``ablation-small`` / ``ablation-full``): same data, tokenizer size,
 steps and batch, same transformer size, steps and batch; systems differ only in the options listed in
-:data:`~iqvae.bench.ablation_runs.SYSTEMS`.  Rows 3 and 4 (``iq-vr`` and ``iq-vr+gs``) share the tokenizer of each seed: only stage 2 differs.
+:data:`~iqvae.bench.ablation_runs.SYSTEMS`.  Rows 3 and 4 (``iq-vr`` and ``iq-vr+gs``) share the tokenizer of
+each seed: only stage 2 differs.
 Every system is then evaluated by :func:`iqvae.evaluation.evaluate.evaluate_model` on the same held-out test
 conditions with the same sampler settings and the same feature extractor.
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,16 +128,8 @@ def lloyd_kmeans(points: torch.Tensor, init: torch.Tensor, iters: int, spherical
 class _CodebookQuantizer(nn.Module):
     """Codebook parameter, usage buffers, input checks and dead-code restart shared by VQ and RQ."""
 
-    def __init__(
-        self,
-        num_codes: int,
-        dim: int,
-        beta: float,
-        kmeans_init: bool,
-        kmeans_iters: int,
-        dead_code_threshold: float,
-        usage_decay: float,
-    ) -> None:
+    def __init__(self, num_codes: int, dim: int, *, beta: float = 0.25, kmeans_init: bool = False,
+                 kmeans_iters: int = 10, dead_code_threshold: float = 0.0, usage_decay: float = 0.99) -> None:
         super().__init__()
         owner = type(self).__name__
         self.num_codes = _check_positive_int(num_codes, "num_codes", owner)
@@ -280,18 +273,10 @@ class VectorQuantizer(_CodebookQuantizer):
     initialisation and dead-code restarts.
     """
 
-    def __init__(
-        self,
-        num_codes: int,
-        dim: int,
-        beta: float = 0.25,
-        l2_norm: bool = False,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
-        dead_code_threshold: float = 0.0,
-        usage_decay: float = 0.99,
-    ) -> None:
-        super().__init__(num_codes, dim, beta, kmeans_init, kmeans_iters, dead_code_threshold, usage_decay)
+    def __init__(self, num_codes: int, dim: int, *, l2_norm: bool = False, **codebook: Any) -> None:
+        """``codebook``: ``beta``, ``kmeans_init``, ``kmeans_iters``, ``dead_code_threshold``, ``usage_decay`` (see
+        :class:`_CodebookQuantizer` for their defaults)."""
+        super().__init__(num_codes, dim, **codebook)
         if not isinstance(l2_norm, bool):
             raise ConfigError(f"VectorQuantizer: 'l2_norm' must be true or false, got {l2_norm!r}")
         self.l2_norm = l2_norm
@@ -356,18 +341,9 @@ class ResidualQuantizer(_CodebookQuantizer):
     restarts draw from the current batch's residuals ``r_0 .. r_{depth-1}``, pooled.
     """
 
-    def __init__(
-        self,
-        num_codes: int,
-        dim: int,
-        depth: int,
-        beta: float = 0.25,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
-        dead_code_threshold: float = 0.0,
-        usage_decay: float = 0.99,
-    ) -> None:
-        super().__init__(num_codes, dim, beta, kmeans_init, kmeans_iters, dead_code_threshold, usage_decay)
+    def __init__(self, num_codes: int, dim: int, depth: int, **codebook: Any) -> None:
+        """``codebook``: the options of :class:`VectorQuantizer` but ``l2_norm``."""
+        super().__init__(num_codes, dim, **codebook)
         self.depth = _check_positive_int(depth, "depth", "ResidualQuantizer")
 
     @property
