@@ -23,16 +23,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
 from ...errors import DataError
 from ..config import SPLITS, DataConfig
 from ..record import ConditionSpec, PairDataset, Sample
-from ._io import VAL_FRACTION, FileError, require_dir
+from ._io import VAL_FRACTION, FileError, find_subroot, require_dir, split_train_pool
 
 log = logging.getLogger("iqvae.data")
+K = TypeVar("K")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class FolderDataset(PairDataset):
     supported: tuple[str, ...] = ()
     default_cond: str = ""
     layout_help: str = ""
+    subroot: str = ""  # a folder below ``root`` that holds the data when present (users may point at either)
 
     def __init__(
         self,
@@ -135,6 +137,32 @@ class FolderDataset(PairDataset):
 
     def _spec(self, modality: str) -> ConditionSpec:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ helpers of _index
+    @property
+    def base(self) -> Path:
+        """The folder that holds the data: ``root/subroot`` when it exists, else ``root``."""
+        return find_subroot(self.root, self.subroot) if self.subroot else self.root
+
+    def _paired(self, a: dict[K, Any], b: dict[K, Any], a_alone: Callable[[K], tuple[Path | str, str]],
+                b_alone: Callable[[K], tuple[Path | str, str]]) -> list[K]:
+        """The keys found in both ``a`` and ``b``, sorted.  A key found in one only is a "missing pair" problem
+        whose file and description ``a_alone(key)`` / ``b_alone(key)`` give (first ``a``'s, then ``b``'s)."""
+        for alone, other, describe in ((a, b, a_alone), (b, a, b_alone)):
+            for key in sorted(set(alone) - set(other)):
+                path, what = describe(key)
+                self._problem(path, f"missing pair: {what}", "missing")
+        return sorted(set(a) & set(b))
+
+    def _official_splits(self, train: Iterable[Item], test: list[Item]) -> dict[str, list[Item]]:
+        """train / val carved from the official training list (:func:`~._io.split_train_pool`), test = the
+        official held-out list."""
+        pool = {it.key: it for it in train}
+        return {
+            "train": [pool[k] for k in split_train_pool(pool, "train", self.val_fraction)],
+            "val": [pool[k] for k in split_train_pool(pool, "val", self.val_fraction)],
+            "test": test,
+        }
 
     def condition_spec(self, modality: str) -> ConditionSpec:
         """The ConditionSpec of ``modality`` (one of :attr:`supported`)."""

@@ -53,6 +53,11 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def find_subroot(root: Path, name: str) -> Path:
+    """``root/name`` if it exists, else ``root`` (users may point at either)."""
+    return root / name if (root / name).is_dir() else root
+
+
 def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileError(path, f"missing file {path}: expected {what}")

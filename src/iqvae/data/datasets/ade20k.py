@@ -16,23 +16,16 @@ naming the file.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from ..config import register_dataset
 from ..record import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
-from ._io import FileError, image_tensor, list_files, read_label_map, read_rgb, require_dir, resize_crop_image, \
-    resize_crop_labels, split_train_pool
+from ._io import FileError, image_tensor, list_files, read_label_map, read_rgb, require_dir, \
+    resize_crop_image, resize_crop_labels
 
 NUM_CLASSES = 151  # 0 = other + 150 classes
-
-
-def find_subroot(root: Path, name: str) -> Path:
-    """``root/name`` if it exists, else ``root`` (users may point at either)."""
-    return root / name if (root / name).is_dir() else root
 
 
 def seg_edge(labels: np.ndarray) -> torch.Tensor:
@@ -47,29 +40,22 @@ class ADE20K(FolderDataset):
     supported = ("seg", "edge")
     default_cond = "seg"
     layout_help = "ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.{jpg,png}"
+    subroot = "ADEChallengeData2016"
 
     def _index(self) -> dict[str, list[Item]]:
-        base = find_subroot(self.root, "ADEChallengeData2016")
+        base = self.base
         pools: dict[str, list[Item]] = {}
         for official in ("training", "validation"):
             img_dir = require_dir(base / "images" / official, f"ADE20K {official} images (ADE_*.jpg)")
             ann_dir = require_dir(base / "annotations" / official, f"ADE20K {official} label maps (ADE_*.png)")
             images = {p.stem: p for p in list_files(img_dir, (".jpg", ".jpeg", ".png"))}
             labels = {p.stem: p for p in list_files(ann_dir, (".png",))}
-            for stem in sorted(set(images) - set(labels)):
-                self._problem(images[stem], f"missing pair: image {images[stem]} has no label map "
-                              f"{ann_dir / (stem + '.png')}", "missing")
-            for stem in sorted(set(labels) - set(images)):
-                self._problem(labels[stem], f"missing pair: label map {labels[stem]} has no image "
-                              f"{img_dir / (stem + '.jpg')}", "missing")
-            pools[official] = [Item(stem, {"image": images[stem], "seg": labels[stem]})
-                               for stem in sorted(set(images) & set(labels))]
-        train = {it.key: it for it in pools["training"]}
-        return {
-            "train": [train[k] for k in split_train_pool(train, "train", self.val_fraction)],
-            "val": [train[k] for k in split_train_pool(train, "val", self.val_fraction)],
-            "test": pools["validation"],
-        }
+            both = self._paired(
+                images, labels,
+                lambda k: (images[k], f"image {images[k]} has no label map {ann_dir / (k + '.png')}"),
+                lambda k: (labels[k], f"label map {labels[k]} has no image {img_dir / (k + '.jpg')}"))
+            pools[official] = [Item(stem, {"image": images[stem], "seg": labels[stem]}) for stem in both]
+        return self._official_splits(pools["training"], pools["validation"])
 
     def _load(self, item: Item) -> LoadResult:
         im = read_rgb(item.paths["image"])

@@ -32,9 +32,8 @@ import torch
 from ..config import register_dataset
 from ..record import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
-from ._io import FileError, image_tensor, list_files, read_label_map, read_rgb, require_dir, resize_crop_image, \
-    resize_crop_labels, split_train_pool
-from .ade20k import find_subroot
+from ._io import FileError, image_tensor, list_files, read_label_map, read_rgb, require_dir, \
+    resize_crop_image, resize_crop_labels
 
 PARTS: tuple[str, ...] = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
                           "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
@@ -59,8 +58,10 @@ class CelebAMaskHQ(FolderDataset):
     default_cond = "seg"
     layout_help = "CelebA-HQ-img/{id}.jpg and CelebAMask-HQ-mask-anno/{id//2000}/{id:05d}_{part}.png"
 
+    subroot = "CelebAMask-HQ"
+
     def _index(self) -> dict[str, list[Item]]:
-        base = find_subroot(self.root, "CelebAMask-HQ")
+        base = self.base
         img_dir = require_dir(base / "CelebA-HQ-img", "CelebA-HQ images {id}.jpg")
         images: dict[int, Path] = {}
         for p in list_files(img_dir, (".jpg", ".jpeg", ".png")):
@@ -84,24 +85,17 @@ class CelebAMaskHQ(FolderDataset):
                     self._problem(p, f"mask {p} is in folder {sub.name}: expected folder {i // 2000} (id // 2000)")
                     continue
                 parts.setdefault(i, {})[m.group(2)] = p
-        for i in sorted(set(images) - set(parts)):
-            self._problem(images[i], f"missing pair: image {images[i]} has no part mask in "
-                          f"{mask_dir / str(i // 2000)} ({i:05d}_*.png)", "missing")
-        for i in sorted(set(parts) - set(images)):
-            first = next(iter(parts[i].values()))
-            self._problem(first, f"missing pair: part masks {i:05d}_*.png have no image {img_dir / f'{i}.jpg'}",
-                          "missing")
-        items = {f"{i:05d}": Item(f"{i:05d}", {"image": images[i], **parts[i]}, {"id": i})
-                 for i in sorted(set(images) & set(parts))}
-        return self._split(items)
+        both = self._paired(
+            images, parts,
+            lambda i: (images[i], f"image {images[i]} has no part mask in {mask_dir / str(i // 2000)} ({i:05d}_*.png)"),
+            lambda i: (next(iter(parts[i].values())),
+                       f"part masks {i:05d}_*.png have no image {img_dir / f'{i}.jpg'}"))
+        return self._split({f"{i:05d}": Item(f"{i:05d}", {"image": images[i], **parts[i]}, {"id": i}) for i in both})
 
     def _split(self, items: dict[str, Item]) -> dict[str, list[Item]]:
-        pool = [k for k, it in items.items() if it.data["id"] < TEST_FIRST_ID]
-        return {
-            "train": [items[k] for k in split_train_pool(pool, "train", self.val_fraction)],
-            "val": [items[k] for k in split_train_pool(pool, "val", self.val_fraction)],
-            "test": [it for it in items.values() if it.data["id"] >= TEST_FIRST_ID],
-        }
+        """Ids below :data:`TEST_FIRST_ID` are the official training list."""
+        return self._official_splits([it for it in items.values() if it.data["id"] < TEST_FIRST_ID],
+                                     [it for it in items.values() if it.data["id"] >= TEST_FIRST_ID])
 
     def _load(self, item: Item) -> LoadResult:
         im = resize_crop_image(read_rgb(item.paths["image"]), self.resolution)

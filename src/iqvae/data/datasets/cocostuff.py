@@ -32,7 +32,7 @@ from ..config import register_dataset
 from ..record import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import FileError, image_tensor, list_files, read_label_map, read_rgb, require_dir, require_file, \
-    resize_crop_box, resize_crop_image, resize_crop_labels, split_train_pool
+    resize_crop_box, resize_crop_image, resize_crop_labels
 from .ade20k import seg_edge
 
 NUM_CLASSES = 183  # 0 = unlabeled, 1..182 = COCO category ids
@@ -92,25 +92,17 @@ class CocoStuff(FolderDataset):
         self.category_names: dict[int, str] = {}
         pools = {s: (self._index_layout(o) if self.cond == "layout" else self._index_seg(o))
                  for s, o in OFFICIAL.items()}
-        train = {it.key: it for it in pools["train"]}
-        return {
-            "train": [train[k] for k in split_train_pool(train, "train", self.val_fraction)],
-            "val": [train[k] for k in split_train_pool(train, "val", self.val_fraction)],
-            "test": pools["test"],
-        }
+        return self._official_splits(pools["train"], pools["test"])
 
     def _index_seg(self, official: str) -> list[Item]:
         img_dir = require_dir(self.root / "images" / official, f"COCO {official} images")
         ann_dir = require_dir(self.root / "annotations" / official, f"COCO-Stuff {official} label maps (*.png)")
         images = {p.stem: p for p in list_files(img_dir, (".jpg", ".jpeg", ".png"))}
         labels = {p.stem: p for p in list_files(ann_dir, (".png",))}
-        for stem in sorted(set(images) - set(labels)):
-            self._problem(images[stem], f"missing pair: image {images[stem]} has no label map "
-                          f"{ann_dir / (stem + '.png')}", "missing")
-        for stem in sorted(set(labels) - set(images)):
-            self._problem(labels[stem], f"missing pair: label map {labels[stem]} has no image in {img_dir}",
-                          "missing")
-        return [Item(s, {"image": images[s], "seg": labels[s]}) for s in sorted(set(images) & set(labels))]
+        both = self._paired(images, labels,
+                            lambda k: (images[k], f"image {images[k]} has no label map {ann_dir / (k + '.png')}"),
+                            lambda k: (labels[k], f"label map {labels[k]} has no image in {img_dir}"))
+        return [Item(s, {"image": images[s], "seg": labels[s]}) for s in both]
 
     def _index_layout(self, official: str) -> list[Item]:
         img_dir = require_dir(self.root / "images" / official, f"COCO {official} images")

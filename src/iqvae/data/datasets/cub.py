@@ -34,7 +34,7 @@ from ..config import register_dataset
 from ..record import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import FileError, image_tensor, read_rgb, read_text, require_dir, require_file, resize_crop_image, \
-    safe_unpickle, split_train_pool
+    safe_unpickle
 
 CAPTION_LENGTH = 32
 BOX_MARGIN = 0.75  # half-side of the crop, in units of max(w, h) of the box
@@ -118,15 +118,10 @@ class CUB200(FolderDataset):
                     continue
                 items.append(Item(name, {"image": image, "text": caption_file}, {"captions": captions, "box": box}))
             pools[split] = items
-        train = {it.key: it for it in pools["train"]}
         from ..conditions import TextVocab
 
         self.vocab = TextVocab.build(c for it in pools["train"] for c in it.data["captions"])
-        return {
-            "train": [train[k] for k in split_train_pool(train, "train", self.val_fraction)],
-            "val": [train[k] for k in split_train_pool(train, "val", self.val_fraction)],
-            "test": pools["test"],
-        }
+        return self._official_splits(pools["train"], pools["test"])
 
     def _prepare(self) -> None:
         self._position = {it.key: i for i, it in enumerate(self.items)}

@@ -31,9 +31,8 @@ import torch
 from ..config import register_dataset
 from ..record import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
-from ._io import image_tensor, letterbox, letterbox_box, list_files, read_rgb, read_text, require_dir, \
-    require_file, split_train_pool
-from .ade20k import find_subroot
+from ._io import image_tensor, letterbox, letterbox_box, list_files, read_rgb, read_text, \
+    require_dir, require_file
 
 NUM_KEYPOINTS = 18
 BASE_SIGMA = 6.0  # pixels at 256 px
@@ -48,6 +47,7 @@ class DeepFashion(FolderDataset):
     supported = ("keypoints",)
     default_cond = "keypoints"
     layout_help = "fashion/{train,test}/*.jpg and fashion-resize-annotation-{train,test}.csv"
+    subroot = "fashion"
 
     def _find_csv(self, base: Path, split: str) -> Path:
         name = f"fashion-resize-annotation-{split}.csv"
@@ -79,26 +79,19 @@ class DeepFashion(FolderDataset):
         return out
 
     def _index(self) -> dict[str, list[Item]]:
-        base = find_subroot(self.root, "fashion")
+        base = self.base
         pools: dict[str, list[Item]] = {}
         for split in ("train", "test"):
             img_dir = require_dir(base / split, f"DeepFashion {split} images (*.jpg)")
             csv = self._find_csv(base, split)
             coords = self._read_csv(csv)
             images = {p.name: p for p in list_files(img_dir, (".jpg", ".jpeg", ".png"))}
-            for name in sorted(set(images) - set(coords)):
-                self._problem(images[name], f"missing pair: image {images[name]} has no row in {csv}", "missing")
-            for name in sorted(set(coords) - set(images)):
-                self._problem(img_dir / name, f"missing pair: {csv} lists {name} but {img_dir / name} does not "
-                              "exist", "missing")
-            pools[split] = [Item(name, {"image": images[name]}, {"coords": coords[name]})
-                            for name in sorted(set(images) & set(coords))]
-        train = {it.key: it for it in pools["train"]}
-        return {
-            "train": [train[k] for k in split_train_pool(train, "train", self.val_fraction)],
-            "val": [train[k] for k in split_train_pool(train, "val", self.val_fraction)],
-            "test": pools["test"],
-        }
+            both = self._paired(
+                images, coords,
+                lambda k: (images[k], f"image {images[k]} has no row in {csv}"),
+                lambda k: (img_dir / k, f"{csv} lists {k} but {img_dir / k} does not exist"))
+            pools[split] = [Item(name, {"image": images[name]}, {"coords": coords[name]}) for name in both]
+        return self._official_splits(pools["train"], pools["test"])
 
     def _load(self, item: Item) -> LoadResult:
         from ..conditions import gaussian_heatmaps

@@ -89,13 +89,11 @@ class Pairs(FolderDataset):
                     continue
                 found[kind][p.stem] = p
         images, conds = found["image"], found["cond"]
-        for k in sorted(set(images) - set(conds)):
-            self._problem(images[k], f"missing pair: image {images[k]} has no condition "
-                          f"{cond_dir / k}{{{','.join(COND_EXTS[self.cond])}}}", "missing")
-        for k in sorted(set(conds) - set(images)):
-            self._problem(conds[k], f"missing pair: condition {conds[k]} has no image {img_dir / k}.<jpg|png>",
-                          "missing")
-        items = {k: Item(k, {"image": images[k], "cond": conds[k]}) for k in sorted(set(images) & set(conds))}
+        exts = ",".join(COND_EXTS[self.cond])
+        both = self._paired(images, conds,
+                            lambda k: (images[k], f"image {images[k]} has no condition {cond_dir / k}{{{exts}}}"),
+                            lambda k: (conds[k], f"condition {conds[k]} has no image {img_dir / k}.<jpg|png>"))
+        items = {k: Item(k, {"image": images[k], "cond": conds[k]}) for k in both}
         splits = {s: [items[k] for k in split_three_way(items, s, self.val_fraction)] for s in ("train", "val", "test")}
         self._scan_channels(list(items.values()), splits["train"])
         return splits

@@ -28,7 +28,7 @@ from ..config import register_dataset
 from ..record import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import fix_length, image_tensor, list_files, read_rgb, read_wav, require_dir, resample_linear, \
-    resize_crop_image, split_train_pool
+    resize_crop_image
 
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 0.5
@@ -63,22 +63,13 @@ class SubURMP(FolderDataset):
         for found, root, exts in ((images, img_root, (".jpg", ".jpeg", ".png")), (chunks, wav_root, (".wav",))):
             for inst in sorted(d for d in root.iterdir() if d.is_dir()):
                 found.update({f"{inst.name}/{p.stem}": p for p in list_files(inst, exts)})
-        for key in sorted(set(images) - set(chunks)):
-            self._problem(images[key], f"missing pair: image {images[key]} has no audio chunk "
-                          f"{wav_root / (key + '.wav')}", "missing")
-        for key in sorted(set(chunks) - set(images)):
-            self._problem(chunks[key], f"missing pair: audio chunk {chunks[key]} has no image "
-                          f"{img_root / (key + '.jpg')}", "missing")
-        return [Item(k, {"image": images[k], "audio": chunks[k]}, {"instrument": k.split("/")[0]})
-                for k in sorted(set(images) & set(chunks))]
+        both = self._paired(images, chunks,
+                            lambda k: (images[k], f"image {images[k]} has no audio chunk {wav_root / (k + '.wav')}"),
+                            lambda k: (chunks[k], f"audio chunk {chunks[k]} has no image {img_root / (k + '.jpg')}"))
+        return [Item(k, {"image": images[k], "audio": chunks[k]}, {"instrument": k.split("/")[0]}) for k in both]
 
     def _index(self) -> dict[str, list[Item]]:
-        train = {it.key: it for it in self._pool("train")}
-        return {
-            "train": [train[k] for k in split_train_pool(train, "train", self.val_fraction)],
-            "val": [train[k] for k in split_train_pool(train, "val", self.val_fraction)],
-            "test": self._pool("validation"),
-        }
+        return self._official_splits(self._pool("train"), self._pool("validation"))
 
     def _load(self, item: Item) -> LoadResult:
         image = image_tensor(resize_crop_image(read_rgb(item.paths["image"]), self.resolution))
