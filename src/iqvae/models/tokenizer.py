@@ -49,10 +49,10 @@ from ..config import from_dict, opt, to_dict
 from ..data.config import DataConfig
 from ..data.record import MODALITIES, SPATIAL, ConditionSpec
 from ..errors import CheckpointError, ConfigError, DataError
-from .sgw import sliced_gromov_wasserstein
-from .weights import checkpoint_folder, load_checkpoint_weights
 from .autoencoder import Decoder, Encoder, TextDecoder, TextEncoder
 from .quantize import ResidualQuantizer, VectorQuantizer
+from .sgw import sliced_gromov_wasserstein
+from .weights import checkpoint_folder, load_checkpoint_weights
 
 Variant = Literal["vqgan-pair", "iq-none", "iq-vr", "svq"]
 
