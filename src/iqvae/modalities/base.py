@@ -105,10 +105,7 @@ class Modality:
             raise DataError(f"{what} for modality '{self.name}' must be {self.describe(spec, resolution)}; got "
                             f"{x.dtype} {tuple(x.shape)}")
         if self.values == "ids":
-            lo, hi = int(x.min()), int(x.max())
-            if lo < 0 or hi >= spec.channels:
-                raise DataError(f"{what} for modality '{self.name}' has ids in [{lo}, {hi}]; expected "
-                                f"[0, {spec.channels - 1}]")
+            self._check_ids(spec, x, what, "")
 
     def check_batch(self, spec: ConditionSpec, cond: Any, resolution: int, batch: int | None = None) -> None:
         """Raise a DataError naming the modality, the expected batched shape and range."""
@@ -123,16 +120,19 @@ class Modality:
         if cond.numel() == 0:
             return
         if self.values == "ids":
-            lo, hi = int(cond.min()), int(cond.max())
-            if lo < 0 or hi >= spec.channels:
-                raise DataError(f"condition for modality '{m}' has ids in [{lo}, {hi}]; expected ids in "
-                                f"[0, {spec.channels - 1}]")
+            self._check_ids(spec, cond, "condition", "ids in ")
         elif not bool(torch.isfinite(cond).all()):
             raise DataError(f"condition for modality '{m}' contains NaN or infinite values")
         elif self.values == "unit":
             lo, hi = float(cond.min()), float(cond.max())
             if lo < 0 or hi > 1:
                 raise DataError(f"condition for modality '{m}' has values in [{lo:g}, {hi:g}]; expected [0, 1]")
+
+    def _check_ids(self, spec: ConditionSpec, x: torch.Tensor, what: str, ids: str) -> None:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= spec.channels:
+            raise DataError(f"{what} for modality '{self.name}' has ids in [{lo}, {hi}]; expected {ids}"
+                            f"[0, {spec.channels - 1}]")
 
     def check_spec(self, spec: ConditionSpec) -> None:
         """Raise a ConfigError if the spec cannot build a model (too few channels, no length)."""
@@ -151,10 +151,16 @@ class Modality:
         return cond
 
     def build_encoder(self, spec: ConditionSpec, cfg: Any, nets: Nets) -> Any:
-        return nets.Encoder(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg))
+        """E_c, built from ``nets`` and the tokenizer config ``cfg``: the image's conv encoder on
+        :meth:`in_channels`."""
+        return self._build(nets.Encoder, spec, cfg)
 
     def build_decoder(self, spec: ConditionSpec, cfg: Any, nets: Nets) -> Any:
-        return nets.Decoder(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg))
+        """D_c: the mirror of :meth:`build_encoder`."""
+        return self._build(nets.Decoder, spec, cfg)
+
+    def _build(self, net: Callable[..., Any], spec: ConditionSpec, cfg: Any) -> Any:
+        return net(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg))
 
     def encode(self, encoder: Any, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Run the condition encoder on :meth:`network_input` output; ``grid`` is the latent (h, w)."""

@@ -116,12 +116,14 @@ class Text(Modality):
         return (spec.length,)
 
     def build_encoder(self, spec, cfg, nets):
-        return nets.TextEncoder(spec.channels, spec.length, cfg.embed_dim, (cfg.grid, cfg.grid), cfg.text_width,
-                                cfg.text_layers, cfg.text_heads)
+        return self._build(nets.TextEncoder, spec, cfg)
 
     def build_decoder(self, spec, cfg, nets):
-        return nets.TextDecoder(spec.channels, spec.length, cfg.embed_dim, (cfg.grid, cfg.grid), cfg.text_width,
-                                cfg.text_layers, cfg.text_heads)
+        return self._build(nets.TextDecoder, spec, cfg)
+
+    def _build(self, net, spec, cfg):  # a small transformer over the tokens, read out on the latent grid
+        return net(spec.channels, spec.length, cfg.embed_dim, (cfg.grid, cfg.grid), cfg.text_width, cfg.text_layers,
+                   cfg.text_heads)
 
     def recon_loss(self, spec, out, cond):
         total = F.cross_entropy(out, cond, ignore_index=0, reduction="sum")
