@@ -281,3 +281,30 @@ def test_a_new_modality_is_one_class_and_a_register_call(depth):
     with pytest.raises(DataError, match=r"condition for modality 'depth' has values in"):
         model.encode(torch.zeros(2, 3, RES, RES), torch.full((2, 1, RES, RES), 2.0))
     assert IQVAE.from_config_dict(model.config_dict()).cond_spec == depth
+
+
+# ------------------------------------------------------------------------------------------------- file reading
+def test_files_are_read_by_the_modality(tmp_path):
+    import _dataset_fixtures as fx
+    from safetensors.torch import save_file
+
+    from iqvae.condition_io import load_condition
+    from iqvae.data.datasets.suburmp import FRAMES, N_MELS, audio_features
+
+    wav = fx.write_wav(tmp_path / "a.wav", fx.tone(1000, 16000), 16000)
+    spec = ConditionSpec("audio", N_MELS, FRAMES)
+    torch.testing.assert_close(load_condition(wav, spec, 32), audio_features(wav)[0], rtol=0, atol=0)
+    with pytest.raises(DataError, match=r"log-mel of '.*a\.wav' for modality 'audio' must be float32 \(10, 20\)"):
+        load_condition(wav, SPECS["audio"], 32)  # another dataset's audio parameters
+    with pytest.raises(DataError, match="this model is conditioned on 'seg', not on audio"):
+        load_condition(wav, SPECS["seg"], RES)
+    (tmp_path / "c.txt").write_text("wa wb zz")
+    assert load_condition(tmp_path / "c.txt", SPECS["text"], RES).tolist() == [2, 3, 1, 0, 0, 0, 0]
+    with pytest.raises(DataError, match="this model is conditioned on 'edge', not on text"):
+        load_condition(tmp_path / "c.txt", SPECS["edge"], RES)
+    save_file({"cond": item("layout")}, str(tmp_path / "l.safetensors"))
+    assert torch.equal(load_condition(tmp_path / "l.safetensors", SPECS["layout"], RES), item("layout"))
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "e.png")
+    assert load_condition(tmp_path / "e.png", SPECS["edge"], RES).shape == (1, RES, RES)
+    with pytest.raises(DataError, match="a keypoints condition cannot be given as an image"):
+        load_condition(tmp_path / "e.png", SPECS["keypoints"], RES)
