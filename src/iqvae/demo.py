@@ -105,7 +105,7 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
             rows.append([cprev, to_pil(s.real[i:i + 1])[0], *imgs])
             labels.append(f"test[{s.indices[i]}]")
         sec = Section(f"Condition: {cond}")
-        if cond == "text":
+        if ev["spec"].modality_obj.typed:
             sec.text = "Captions: " + "; ".join(f"<b>test[{s.indices[i]}]</b> “{ev['captions'][i]}”"
                                                 for i in range(min(6, len(ev["captions"]))))
         sec.images.append(("condition | real image | samples (top-k 100)", grid_image(rows, labels=labels)))

@@ -78,7 +78,7 @@ class IQVAEPipeline:
     def _batch_condition(self, condition: torch.Tensor) -> torch.Tensor:
         if not isinstance(condition, torch.Tensor):
             raise DataError(f"condition must be a tensor for modality '{self.cond_spec.modality}', got {type(condition).__name__}")
-        single_ndim = {"seg": 2, "edge": 3, "keypoints": 3, "layout": 3, "text": 1, "audio": 2}[self.cond_spec.modality]
+        single_ndim = len(self.cond_spec.modality_obj.item_shape(self.cond_spec, self.resolution))
         if condition.ndim == single_ndim:
             condition = condition.unsqueeze(0)
         if condition.ndim != single_ndim + 1:

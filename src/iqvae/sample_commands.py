@@ -6,35 +6,16 @@ import argparse
 
 
 def condition_preview(cond, spec, resolution: int):
-    """A PIL picture of one condition tensor (for grids)."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    """A PIL picture of one condition tensor (for grids): the modality's :meth:`~iqvae.modalities.Modality.thumbnail`."""
+    from .modalities import get_modality
 
-    from .condition_io import colorize_labels
-
-    m = spec.modality
-    if m == "seg":
-        return colorize_labels(cond.cpu().numpy(), spec.channels)
-    if m in ("edge", "keypoints", "layout"):
-        x = cond.float().cpu()
-        if m == "layout":
-            labels = (x * torch.arange(x.shape[0], dtype=torch.float32)[:, None, None]).amax(0).long()
-            return colorize_labels(labels.numpy(), x.shape[0])
-        arr = (x.amax(0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
-    if m == "audio":
-        x = cond.float().cpu()
-        x = (x - x.min()) / (x.max() - x.min() + 1e-8)
-        return Image.fromarray((x.flip(0).numpy() * 255).astype(np.uint8)).convert("RGB").resize((resolution, resolution))
-    img = Image.new("RGB", (resolution, resolution), "white")
-    return img
+    return get_modality(spec.modality).thumbnail(cond, spec, resolution)
 
 
 def caption_of(cond, spec) -> str | None:
-    if spec.modality != "text" or not spec.vocab:
-        return None
-    return " ".join(spec.vocab[i] for i in cond.tolist() if i > 0)
+    from .modalities import get_modality
+
+    return get_modality(spec.modality).caption(spec, cond)
 
 
 def run_sample(args: argparse.Namespace) -> int:

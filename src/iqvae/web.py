@@ -42,16 +42,8 @@ DEFAULT_MAX_UPLOAD_MB = 10.0
 MAX_SAMPLES = 16
 CANVAS = 256  # drawing canvas side in pixels; conditions are resized (nearest) to the model's resolution
 DISPLAY_MIN = 192  # gallery images are enlarged (nearest, integer factor) to at least this side
-IMAGE_MODALITIES = ("seg", "edge")
-TYPE_ORDER = ("seg", "edge", "text", "layout", "keypoints", "audio")
-TYPE_TITLES = {"seg": "Segmentation", "edge": "Edge map", "text": "Caption", "layout": "Layout",
-               "keypoints": "Keypoints", "audio": "Audio"}
-FILE_HINTS = {
-    "seg": "a PNG of label ids (mode L / P / I), a PNG painted in the palette colours, or a .safetensors tensor",
-    "edge": "a grey or RGB image (pixels brighter than 127 are edges) or a .safetensors tensor",
-    "text": "a .txt caption or a .safetensors tensor of token ids",
-    "audio": "a .wav file (16-bit PCM mono) or a .safetensors log-mel tensor",
-}
+# What differs per condition type (title, menu position, upload hint, canvas or caption box, legend, brush) is the
+# modality's (:mod:`iqvae.modalities`): ``_modality(pipe)``.
 _NON_IMAGE_SUFFIXES = (".safetensors", ".txt", ".wav")
 
 
@@ -89,23 +81,27 @@ def load_pipelines(model_dir: str | Path, device: str = "cpu") -> dict[str, "IQV
     return out
 
 
-def _ordered_keys(pipelines: dict[str, Any]) -> list[str]:
-    def rank(k: str) -> tuple[int, str]:
-        m = pipelines[k].cond_spec.modality
-        return (TYPE_ORDER.index(m) if m in TYPE_ORDER else len(TYPE_ORDER), k)
+def _modality(pipe: Any) -> Any:
+    from .modalities import get_modality
 
-    return sorted(pipelines, key=rank)
+    return get_modality(pipe.cond_spec.modality)
+
+
+def _ordered_keys(pipelines: dict[str, Any]) -> list[str]:
+    return sorted(pipelines, key=lambda k: (_modality(pipelines[k]).menu_rank, k))
 
 
 def _type_label(key: str, pipe: Any) -> str:
     m = pipe.cond_spec.modality
-    title = TYPE_TITLES.get(m, m)
+    title = _modality(pipe).title or m
     return f"{title} ({key})" if key != m else f"{title} ({m})"
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
 def _hex(rgb: Any) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+    from .modalities.palette import hex_colour
+
+    return hex_colour(rgb)
 
 
 def enlarge(img: "Image.Image", min_side: int = DISPLAY_MIN) -> "Image.Image":
@@ -165,33 +161,8 @@ def class_names(pipe: Any) -> list[str]:
 
 
 def legend_html(pipe: Any) -> str:
-    """Palette legend (seg), drawing hint (edge) or vocabulary (text) for the selected model."""
-    import html
-
-    spec = pipe.cond_spec
-    m = spec.modality
-    if m == "seg":
-        from .condition_io import label_palette
-
-        pal = label_palette(spec.channels)
-        items = []
-        for i, name in enumerate(class_names(pipe)):
-            sw = (f'<span style="display:inline-block;width:1.1em;height:1.1em;vertical-align:middle;'
-                  f'border:1px solid #888;background:{_hex(pal[i])}"></span>')
-            items.append(f'<span class="iqvae-swatch" style="margin-right:0.9em;white-space:nowrap">{sw} '
-                         f"{i}&nbsp;{html.escape(str(name))}</span>")
-        return ("<div><b>Palette</b> (paint each class in its colour; black is background):<br>"
-                + " ".join(items) + "</div>")
-    if m == "edge":
-        return ("<div><b>Edge map</b>: draw edges in <b>white</b> on the black canvas (black erases). "
-                f"The model sees a {pipe.resolution}&times;{pipe.resolution} binary map.</div>")
-    if m == "text":
-        words = [w for w in (spec.vocab or ())[2:]]
-        known = (" Known words: <i>" + html.escape(", ".join(words)) + "</i>.") if words else ""
-        return (f"<div><b>Caption</b>: up to {spec.length} words; unknown words are read as &lt;unk&gt;."
-                f"{known}</div>")
-    return (f"<div><b>{html.escape(TYPE_TITLES.get(m, m))}</b>: upload "
-            f"{html.escape(FILE_HINTS.get(m, 'a .safetensors tensor'))}, or load the example condition.</div>")
+    """Palette legend (seg), drawing hint (edge), vocabulary (text) or upload hint for the selected model."""
+    return _modality(pipe).legend_html(pipe.cond_spec, pipe.resolution, lambda: class_names(pipe))
 
 
 def blank_canvas(pipe: Any) -> "Image.Image":
@@ -274,7 +245,7 @@ def condition_from_upload(path: str | Path, pipe: Any, max_upload_mb: float = DE
         raise DataError(f"upload '{name}' is too large: more than {MAX_UPLOAD_PIXELS} pixels") from None
     except Exception:
         raise DataError(f"cannot read the upload '{name}' as an image; expected "
-                        f"{FILE_HINTS.get(pipe.cond_spec.modality, 'a .safetensors tensor')}") from None
+                        f"{_modality(pipe).file_hint}") from None
     if img.width * img.height > MAX_UPLOAD_PIXELS:
         raise DataError(f"upload '{name}' is too large: {img.width}x{img.height} pixels, the limit is "
                         f"{MAX_UPLOAD_PIXELS} pixels")
@@ -286,33 +257,15 @@ def condition_from_upload(path: str | Path, pipe: Any, max_upload_mb: float = DE
 
 
 def condition_preview(cond: Any, pipe: Any) -> "Image.Image | None":
-    """What the model reads from the input (spatial conditions only), enlarged for display."""
-    from PIL import Image
-
-    m = pipe.cond_spec.modality
-    if m == "seg":
-        from .condition_io import colorize_labels
-
-        return enlarge(colorize_labels(cond.cpu(), pipe.cond_spec.channels))
-    if m == "edge":
-        arr = (cond[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
-        return enlarge(Image.fromarray(arr, "L").convert("RGB"))
-    return None
+    """What the model reads from the input (the drawable conditions only), enlarged for display."""
+    modality = _modality(pipe)
+    if not modality.drawable:
+        return None
+    return enlarge(modality.render(cond, pipe.cond_spec, pipe.resolution))
 
 
 def _caption_note(caption: str, pipe: Any) -> str:
-    from .data.conditions import tokenize
-
-    spec = pipe.cond_spec
-    words = tokenize(caption)
-    vocab = set((spec.vocab or ())[2:])
-    notes = []
-    unknown = sorted({w for w in words if vocab and w not in vocab})
-    if unknown:
-        notes.append("unknown words read as &lt;unk&gt;: " + ", ".join(unknown))
-    if spec.length is not None and len(words) > spec.length:
-        notes.append(f"the caption was cut to its first {spec.length} words")
-    return ("; ".join(notes) + ".") if notes else ""
+    return _modality(pipe).caption_note(caption, pipe.cond_spec)
 
 
 def _int(x: Any, name: str) -> int:
@@ -333,22 +286,18 @@ def error_markdown(e: BaseException) -> str:
 def read_condition(pipe: Any, drawing: Any = None, upload: Any = None, caption: str | None = None,
                    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> tuple[Any, str]:
     """(condition tensor, where it came from).  An uploaded file wins over the drawing / caption."""
-    m = pipe.cond_spec.modality
+    modality = _modality(pipe)
     if upload:
         path = upload if isinstance(upload, (str, Path)) else getattr(upload, "name", None) or upload.get("path")
         return condition_from_upload(path, pipe, max_upload_mb), f"the uploaded file '{Path(path).name}'"
-    if m == "text":
-        from .condition_io import condition_from_text
-
-        return condition_from_text(caption or "", pipe.cond_spec), "the caption"
-    if m in IMAGE_MODALITIES:
-        from .condition_io import condition_from_image
-
+    if modality.typed:
+        return modality.from_text(caption or "", pipe.cond_spec), "the caption"
+    if modality.drawable:
         img = _drawing_image(drawing)
         if img is None:
             raise DataError("there is no condition: draw one, load the example condition or upload a file")
-        return condition_from_image(img, pipe.cond_spec, pipe.resolution, "the drawing"), "the drawing"
-    raise DataError(f"a {m} condition cannot be drawn: upload {FILE_HINTS.get(m, 'a .safetensors tensor')} "
+        return modality.from_image(img, pipe.cond_spec, pipe.resolution, "the drawing"), "the drawing"
+    raise DataError(f"a {modality.name} condition cannot be drawn: upload {modality.file_hint} "
                     "or load the example condition")
 
 
@@ -384,7 +333,7 @@ def generate_callback(pipelines: dict[str, Any], cond_type: str, drawing: Any = 
         dt = time.perf_counter() - t0
     except IQVAEError as e:
         return [], None, error_markdown(e)
-    note = _caption_note(caption or "", pipe) if pipe.cond_spec.modality == "text" and not upload else ""
+    note = _caption_note(caption or "", pipe) if _modality(pipe).typed and not upload else ""
     status = (f"Generated {len(images)} image{'s' if len(images) != 1 else ''} from {source} with the "
               f"**{cond_type}** model ({pipe.resolution}×{pipe.resolution} px, shown enlarged): top-k {k or 'off'}, "
               f"top-p {p:g}, temperature {temp:g}, seed {s}; {dt:.1f} s.")
@@ -408,20 +357,18 @@ def example_callback(pipelines: dict[str, Any], cond_type: str, counter: Any = 0
         ds = _test_dataset(pipe)
         i = int(counter or 0) % len(ds)
         sample = ds[i]
-        m = pipe.cond_spec.modality
+        modality = _modality(pipe)
+        m = modality.name
         if m not in sample.cond:
             raise IQVAEError(f"the test split of '{ds.name}' has no '{m}' condition")
         cond = sample.cond[m]
         where = f"test condition {i + 1} of {len(ds)} ({getattr(ds, 'name', 'dataset')})"
-        if m in IMAGE_MODALITIES:
+        if modality.drawable:
             img = condition_preview(cond, pipe).resize((CANVAS, CANVAS), Image.NEAREST)
             return ({"background": img, "layers": [], "composite": img}, None, None, i + 1,
                     f"Loaded {where}; edit it or press Generate.")
-        if m == "text":
-            cap = (sample.extra or {}).get("caption")
-            if not cap:
-                words = pipe.cond_spec.vocab or ()
-                cap = " ".join(words[t] for t in cond.tolist() if 0 < t < len(words))
+        if modality.typed:
+            cap = (sample.extra or {}).get("caption") or modality.caption(pipe.cond_spec, cond) or ""
             return None, cap, None, i + 1, f"Loaded the caption of {where}."
         from safetensors.torch import save_file
 
@@ -434,6 +381,101 @@ def example_callback(pipelines: dict[str, Any], cond_type: str, counter: Any = 0
 
 
 # --------------------------------------------------------------------------------------------------------- app
+def _editor_props(gr: Any, pipe: Any) -> dict[str, Any]:
+    """Visibility, brush and blank value of the drawing canvas for one pipeline's condition type."""
+    modality = _modality(pipe)
+    scale = CANVAS / pipe.resolution
+    colours, default, size = modality.canvas_brush(pipe.cond_spec)
+    brush = gr.Brush(colors=colours, default_color=default, color_mode="fixed", default_size=max(2, int(size * scale)))
+    visible = modality.drawable
+    return dict(visible=visible, brush=brush,
+                value={"background": blank_canvas(pipe), "layers": [], "composite": None} if visible else None)
+
+
+def _upload_label(pipe: Any, max_upload_mb: float) -> str:
+    return f"…or upload a file: {_modality(pipe).file_hint} (max {max_upload_mb:g} MB)"
+
+
+def _input_column(gr: Any, pipelines: dict[str, Any], keys: list[str], max_upload_mb: float) -> dict[str, Any]:
+    """The left column: condition type, legend, canvas, caption, upload, example button."""
+    first = pipelines[keys[0]]
+    ui: dict[str, Any] = {}
+    ui["cond_type"] = gr.Radio(choices=[(_type_label(k, pipelines[k]), k) for k in keys], value=keys[0],
+                               label="Condition type", elem_id="iqvae-cond-type")
+    ui["legend"] = gr.HTML(legend_html(first), elem_id="iqvae-legend")
+    props = _editor_props(gr, first)
+    ui["drawing"] = gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"],
+                                   eraser=gr.Eraser(), type="pil", image_mode="RGBA", format="png",
+                                   canvas_size=(CANVAS, CANVAS), fixed_canvas=True, sources=("upload", "clipboard"),
+                                   transforms=(), layers=False, label="Draw the condition", elem_id="iqvae-drawing")
+    ui["caption"] = gr.Textbox(label="Caption", placeholder="e.g. a large circle at the centre on a flat background",
+                               lines=2, visible=_modality(first).typed, elem_id="iqvae-caption")
+    ui["upload"] = gr.File(label=_upload_label(first, max_upload_mb), file_count="single", type="filepath",
+                           elem_id="iqvae-upload")
+    with gr.Row():
+        ui["example_btn"] = gr.Button("Load example condition", elem_id="iqvae-example")
+    ui["example_counter"] = gr.State(0)
+    return ui
+
+
+def _output_column(gr: Any, max_k: int) -> dict[str, Any]:
+    """The right column: sampling sliders, Generate, status, gallery and the condition preview."""
+    ui: dict[str, Any] = {}
+    ui["num_samples"] = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of samples",
+                                  elem_id="iqvae-num-samples")
+    ui["top_k"] = gr.Slider(0, max_k, value=min(100, max_k), step=1, label="top-k (0 = off; paper: 100)",
+                            elem_id="iqvae-top-k")
+    ui["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)", elem_id="iqvae-top-p")
+    ui["temperature"] = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="iqvae-temperature")
+    ui["seed"] = gr.Slider(0, 99999, value=0, step=1, label="Seed", elem_id="iqvae-seed")
+    ui["generate_btn"] = gr.Button("Generate", variant="primary", elem_id="iqvae-generate")
+    ui["status"] = gr.Markdown("Ready.", elem_id="iqvae-status")
+    ui["gallery"] = gr.Gallery(label="Samples", columns=4, format="png", object_fit="contain", allow_preview=True,
+                               preview=False, interactive=False, elem_id="iqvae-gallery")
+    ui["preview"] = gr.Image(label="The condition as the model reads it", type="pil", format="png",
+                             interactive=False, height=200, elem_id="iqvae-cond-preview")
+    return ui
+
+
+def _wire_events(gr: Any, pipelines: dict[str, Any], ui: dict[str, Any], max_upload_mb: float) -> None:
+    """Connect the condition-type selector, Generate (button and caption Enter) and the example button."""
+
+    def on_type(key: str):
+        try:
+            pipe = _pipe(pipelines, key)
+        except IQVAEError as e:
+            return gr.update(), gr.update(), gr.update(), gr.update(), 0, error_markdown(e), None
+        props = _editor_props(gr, pipe)
+        return (gr.update(value=legend_html(pipe)),
+                gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"]),
+                gr.Textbox(visible=_modality(pipe).typed),
+                gr.File(value=None, label=_upload_label(pipe, max_upload_mb)),
+                0, f"Condition type: **{key}**.", None)
+
+    ui["cond_type"].change(on_type, inputs=ui["cond_type"],
+                           outputs=[ui[k] for k in ("legend", "drawing", "caption", "upload", "example_counter",
+                                                    "status", "preview")])
+
+    def on_generate(key, draw, up, cap, n, k, p, t, s):
+        return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, max_upload_mb=max_upload_mb)
+
+    inputs = [ui[k] for k in ("cond_type", "drawing", "upload", "caption", "num_samples", "top_k", "top_p",
+                              "temperature", "seed")]
+    outputs = [ui["gallery"], ui["preview"], ui["status"]]
+    ui["generate_btn"].click(on_generate, inputs=inputs, outputs=outputs)
+    ui["caption"].submit(on_generate, inputs=inputs, outputs=outputs)
+
+    def on_example(key, counter):
+        ed, cap, path, nxt, msg = example_callback(pipelines, key, counter)
+        return (gr.update(value=ed) if ed is not None else gr.update(),
+                gr.update(value=cap) if cap is not None else gr.update(),
+                gr.update(value=path) if path is not None else gr.update(),
+                nxt, msg)
+
+    ui["example_btn"].click(on_example, inputs=[ui["cond_type"], ui["example_counter"]],
+                            outputs=[ui[k] for k in ("drawing", "caption", "upload", "example_counter", "status")])
+
+
 def build_app(pipelines: dict[str, "IQVAEPipeline"], *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
               title: str = "IQ-VAE demo") -> "gr.Blocks":
     """The demo as a ``gr.Blocks``; launch it with :func:`launch` (theme, limits and offline options)."""
@@ -443,100 +485,17 @@ def build_app(pipelines: dict[str, "IQVAEPipeline"], *, max_upload_mb: float = D
     if not pipelines:
         raise IQVAEError("the web demo needs at least one pipeline")
     keys = _ordered_keys(pipelines)
-    first = keys[0]
     max_k = max(int(p.tokenizer.num_image_codes) for p in pipelines.values())
-
-    def editor_props(key: str) -> dict[str, Any]:
-        pipe = pipelines[key]
-        m = pipe.cond_spec.modality
-        visible = m in IMAGE_MODALITIES
-        scale = CANVAS / pipe.resolution
-        if m == "seg":
-            from .condition_io import label_palette
-
-            cols = [_hex(c) for c in label_palette(pipe.cond_spec.channels)]
-            brush = gr.Brush(colors=cols, default_color=cols[1 if len(cols) > 1 else 0], color_mode="fixed",
-                             default_size=max(2, int(4 * scale)))
-        else:
-            brush = gr.Brush(colors=["#ffffff", "#000000"], default_color="#ffffff", color_mode="fixed",
-                             default_size=max(2, int(scale)))
-        return dict(visible=visible, brush=brush,
-                    value={"background": blank_canvas(pipe), "layers": [], "composite": None} if visible else None)
-
-    def upload_label(key: str) -> str:
-        m = pipelines[key].cond_spec.modality
-        return f"…or upload a file: {FILE_HINTS.get(m, 'a .safetensors tensor')} (max {max_upload_mb:g} MB)"
-
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"# {title}\nAuto-regressive image synthesis with integrated quantization (IQ-VAE, ECCV 2022). "
                     "Choose a condition type, draw, upload or type a condition and press **Generate**: the "
                     "transformer samples image tokens for it and the decoder turns them into images.")
         with gr.Row():
             with gr.Column(scale=1):
-                cond_type = gr.Radio(choices=[(_type_label(k, pipelines[k]), k) for k in keys], value=first,
-                                     label="Condition type", elem_id="iqvae-cond-type")
-                legend = gr.HTML(legend_html(pipelines[first]), elem_id="iqvae-legend")
-                props = editor_props(first)
-                drawing = gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"],
-                                         eraser=gr.Eraser(), type="pil", image_mode="RGBA", format="png",
-                                         canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
-                                         sources=("upload", "clipboard"), transforms=(), layers=False,
-                                         label="Draw the condition", elem_id="iqvae-drawing")
-                caption = gr.Textbox(label="Caption", placeholder="e.g. a large circle at the centre on a flat "
-                                     "background", lines=2, visible=pipelines[first].cond_spec.modality == "text",
-                                     elem_id="iqvae-caption")
-                upload = gr.File(label=upload_label(first), file_count="single", type="filepath",
-                                 elem_id="iqvae-upload")
-                with gr.Row():
-                    example_btn = gr.Button("Load example condition", elem_id="iqvae-example")
-                example_counter = gr.State(0)
+                ui = _input_column(gr, pipelines, keys, max_upload_mb)
             with gr.Column(scale=1):
-                num_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of samples",
-                                        elem_id="iqvae-num-samples")
-                top_k = gr.Slider(0, max_k, value=min(100, max_k), step=1, label="top-k (0 = off; paper: 100)",
-                                  elem_id="iqvae-top-k")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)", elem_id="iqvae-top-p")
-                temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature",
-                                        elem_id="iqvae-temperature")
-                seed = gr.Slider(0, 99999, value=0, step=1, label="Seed", elem_id="iqvae-seed")
-                generate_btn = gr.Button("Generate", variant="primary", elem_id="iqvae-generate")
-                status = gr.Markdown("Ready.", elem_id="iqvae-status")
-                gallery = gr.Gallery(label="Samples", columns=4, format="png", object_fit="contain",
-                                     allow_preview=True, preview=False, interactive=False, elem_id="iqvae-gallery")
-                preview = gr.Image(label="The condition as the model reads it", type="pil", format="png",
-                                   interactive=False, height=200, elem_id="iqvae-cond-preview")
-
-        def on_type(key: str):
-            try:
-                pipe = _pipe(pipelines, key)
-            except IQVAEError as e:
-                return gr.update(), gr.update(), gr.update(), gr.update(), 0, error_markdown(e), None
-            props = editor_props(key)
-            return (gr.update(value=legend_html(pipe)),
-                    gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"]),
-                    gr.Textbox(visible=pipe.cond_spec.modality == "text"),
-                    gr.File(value=None, label=upload_label(key)),
-                    0, f"Condition type: **{key}**.", None)
-
-        cond_type.change(on_type, inputs=cond_type,
-                         outputs=[legend, drawing, caption, upload, example_counter, status, preview])
-
-        def on_generate(key, draw, up, cap, n, k, p, t, s):
-            return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, max_upload_mb=max_upload_mb)
-
-        inputs = [cond_type, drawing, upload, caption, num_samples, top_k, top_p, temperature, seed]
-        generate_btn.click(on_generate, inputs=inputs, outputs=[gallery, preview, status])
-        caption.submit(on_generate, inputs=inputs, outputs=[gallery, preview, status])
-
-        def on_example(key, counter):
-            ed, cap, path, nxt, msg = example_callback(pipelines, key, counter)
-            return (gr.update(value=ed) if ed is not None else gr.update(),
-                    gr.update(value=cap) if cap is not None else gr.update(),
-                    gr.update(value=path) if path is not None else gr.update(),
-                    nxt, msg)
-
-        example_btn.click(on_example, inputs=[cond_type, example_counter],
-                          outputs=[drawing, caption, upload, example_counter, status])
+                ui.update(_output_column(gr, max_k))
+        _wire_events(gr, pipelines, ui, max_upload_mb)
     app.queue(default_concurrency_limit=1)  # one model, one sampling at a time
     return app
 

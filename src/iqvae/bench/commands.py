@@ -61,6 +61,8 @@ def run_ablation(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..modalities import MODALITIES
+
     p = sub.add_parser("bench", help="benchmarks: sampling speed, Gumbel training cost, regularizer cost, ablation")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
@@ -81,14 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = bsub.add_parser("sgw", help="the sliced-GW regularizer's share of a tokenizer training step")
     r.add_argument("--preset", default="small", help="tokenizer preset")
-    r.add_argument("--cond", default="seg", help="condition modality")
+    r.add_argument("--cond", default="seg", help="condition modality: " + ", ".join(MODALITIES))
     r.add_argument("--steps", type=int, default=10, help="timed steps")
     r.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     r.set_defaults(func=run_sgw)
 
     a = bsub.add_parser("ablation", help="the paper's Table 3 (plus sVQ and RQ) at equal compute, several seeds")
     a.add_argument("--world", default="shapes", help="dataset (only the built-in shapes world for now)")
-    a.add_argument("--cond", default="seg", help="condition modality")
+    a.add_argument("--cond", default="seg", help="condition modality: " + ", ".join(MODALITIES))
     a.add_argument("--budget", choices=["small", "full"], default="small", help="small: about 1 hour on 2 CPU cores")
     a.add_argument("--seeds", type=int, default=3, help="seeds per system (mean ± std)")
     a.add_argument("--systems", default=None, help="comma-separated subset of systems (default: all)")

@@ -10,8 +10,9 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..modalities import MODALITIES
 
-MODALITY_NAMES = ("seg", "edge", "keypoints", "layout", "text", "audio")  # = record.MODALITIES, without torch
+MODALITY_NAMES = MODALITIES  # kept for callers of the old name
 WORLDS = ("shapes",)
 
 

@@ -14,19 +14,16 @@ maps to ``log(1e-5) ~= -11.51`` (:data:`LOG_MEL_FLOOR`), which is also the value
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..modalities.text import PAD, UNK, TextVocab, tokenize  # noqa: F401  (the caption word conventions, re-exported)
 
 LOG_MEL_EPS = 1e-5
 LOG_MEL_FLOOR = math.log(LOG_MEL_EPS)
-PAD, UNK = "<pad>", "<unk>"
-_WORD = re.compile(r"[a-z]+")
 
 
 def _check_resolution(resolution: int, what: str = "resolution") -> int:
@@ -243,80 +240,3 @@ def log_mel(
         return mel[:, :frames].contiguous()
     return torch.nn.functional.pad(mel, (0, frames - t), value=LOG_MEL_FLOOR)
 
-
-# ---------------------------------------------------------------------------------------------------------- text
-
-
-def tokenize(caption: str) -> list[str]:
-    """Lower-case and split on anything that is not a letter a-z: ``"A red-circle!"`` -> ``["a", "red", "circle"]``."""
-    return _WORD.findall(str(caption).lower())
-
-
-class TextVocab:
-    """Word vocabulary: id 0 = ``<pad>``, id 1 = ``<unk>``, then ``words`` in the given order.
-
-    ``words`` may also start with ``<pad>, <unk>`` (as :attr:`words` does), so ``TextVocab(v.words)`` round-trips.
-    Words must be lower-case letters only (what :func:`tokenize` produces) and unique.
-    """
-
-    def __init__(self, words: Sequence[str]):
-        words = list(words)
-        if words[:2] == [PAD, UNK]:
-            words = words[2:]
-        seen: set[str] = set()
-        for w in words:
-            if not isinstance(w, str) or not _WORD.fullmatch(w):
-                raise DataError(f"vocabulary word {w!r} is not lower-case letters a-z only (see tokenize)")
-            if w in seen:
-                raise DataError(f"vocabulary word {w!r} appears twice")
-            seen.add(w)
-        self._words: tuple[str, ...] = (PAD, UNK, *words)
-        self._ids = {w: i for i, w in enumerate(self._words)}
-
-    @property
-    def words(self) -> tuple[str, ...]:
-        """id -> word, including ``<pad>`` (0) and ``<unk>`` (1): what :class:`ConditionSpec.vocab` holds."""
-        return self._words
-
-    def __len__(self) -> int:
-        return len(self._words)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TextVocab) and other._words == self._words
-
-    def __repr__(self) -> str:
-        return f"TextVocab({len(self)} ids)"
-
-    def encode(self, caption: str, length: int) -> torch.Tensor:
-        """int64 ``(length,)``: token ids of :func:`tokenize` (unknown words -> 1), padded with 0 or truncated."""
-        if length < 1:
-            raise ConfigError(f"caption length must be at least 1, got {length}")
-        ids = [self._ids.get(w, 1) for w in tokenize(caption)][:length]
-        out = torch.zeros(length, dtype=torch.int64)
-        if ids:
-            out[: len(ids)] = torch.tensor(ids, dtype=torch.int64)
-        return out
-
-    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
-        """Words of ``ids`` joined by spaces; padding (0) is skipped, unknown words read ``<unk>``."""
-        out = []
-        for i in torch.as_tensor(ids).reshape(-1).tolist():
-            if not 0 <= i < len(self._words):
-                raise DataError(f"token id {i} is outside the vocabulary [0, {len(self._words) - 1}]")
-            if i != 0:
-                out.append(self._words[i])
-        return " ".join(out)
-
-    @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "TextVocab":
-        """Vocabulary of the words of ``captions`` seen at least ``min_count`` times, most frequent first (ties:
-        alphabetical), at most ``max_size`` words (not counting ``<pad>`` / ``<unk>``)."""
-        if min_count < 1:
-            raise ConfigError(f"min_count must be at least 1, got {min_count}")
-        if max_size is not None and max_size < 0:
-            raise ConfigError(f"max_size must be non-negative, got {max_size}")
-        counts = Counter(w for c in captions for w in tokenize(c))
-        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-        if max_size is not None:
-            words = words[:max_size]
-        return cls(words)

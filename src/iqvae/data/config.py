@@ -7,7 +7,8 @@ from typing import Callable
 
 from ..config import opt
 from ..errors import ConfigError
-from .record import MODALITIES, PairDataset
+from ..modalities import MODALITIES, modality_names
+from .record import PairDataset
 
 SPLITS = ("train", "val", "test")
 
@@ -26,8 +27,8 @@ class DataConfig:
     num_workers: int = opt(0, "DataLoader worker processes")
 
     def validate(self) -> None:
-        if self.cond not in MODALITIES:
-            raise ConfigError(f"option 'data.cond' must be one of {list(MODALITIES)}, got {self.cond!r}")
+        if self.cond not in modality_names():
+            raise ConfigError(f"option 'data.cond' must be one of {list(modality_names())}, got {self.cond!r}")
         if self.resolution < 8:
             raise ConfigError(f"option 'data.resolution' must be at least 8, got {self.resolution}")
         for name in ("train_size", "val_size", "test_size"):

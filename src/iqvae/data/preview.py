@@ -5,107 +5,33 @@ Tiles are upscaled (nearest neighbour) to at least 128 pixels so that 32-pixel s
 the channel that wins; ``layout`` the mean colour of the classes whose boxes cover a pixel; ``text`` the decoded
 token ids (what a model sees; unknown words read ``<unk>``) word-wrapped inside the tile; ``audio`` the log-mel
 spectrogram (low frequencies at the bottom, time to the right) with a viridis-like colour map.  Works for any
-:class:`~iqvae.data.record.PairDataset`.
+:class:`~iqvae.data.record.PairDataset`.  The renderings are the modalities' own (:mod:`iqvae.modalities`).
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .conditions import TextVocab
+from ..modalities import get_modality
+from ..modalities.palette import colormap, label_colours, upscale as _upscale  # noqa: F401  (re-exported)
+from ..modalities.palette import font as _font
 from .record import ConditionSpec, PairDataset, Sample
 
 MIN_TILE = 128
 PAD = 4
 HEADER = 18
-# Viridis-like anchors (dark purple -> blue -> green -> yellow), interpolated linearly.
-_CMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
-
-
-def label_colours(n: int) -> np.ndarray:
-    """``n`` distinct RGB uint8 colours (colour 0 black = background): the palette that ``iqvae sample``, the web
-    demo and condition files use (:func:`iqvae.condition_io.label_palette`), so a preview can be painted over."""
-    from ..condition_io import label_palette
-
-    return label_palette(max(n, 1))
-
-
-def colormap(x: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB ``(..., 3)``."""
-    x = np.clip(x, 0.0, 1.0) * (len(_CMAP) - 1)
-    lo = np.floor(x).astype(int).clip(0, len(_CMAP) - 2)
-    t = (x - lo)[..., None]
-    return np.round(_CMAP[lo] * (1 - t) + _CMAP[lo + 1] * t).astype(np.uint8)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _upscale(rgb: np.ndarray, tile: int) -> Image.Image:
-    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
-    return img.resize((tile, tile), Image.NEAREST) if img.size != (tile, tile) else img
-
-
-def _text_tile(text: str, tile: int) -> Image.Image:
-    img = Image.new("RGB", (tile, tile), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    size = max(9, tile // 11)
-    font = _font(size)
-    chars = max(8, int(tile / (0.55 * size)))
-    lines = textwrap.wrap(text, chars) or [""]
-    y = 2
-    for line in lines:
-        if y + size > tile:
-            draw.text((2, tile - size - 2), "...", fill=(200, 0, 0), font=font)
-            break
-        draw.text((2, y), line, fill=(0, 0, 0), font=font)
-        y += size + 2
-    return img
 
 
 def render_tile(modality: str, x: torch.Tensor, spec: ConditionSpec | None, tile: int) -> Image.Image:
-    """One condition tensor (no batch dimension, conventions of :mod:`iqvae.data.record`) as an RGB tile."""
-    x = x.detach().cpu()
-    if modality == "seg":
-        n = spec.channels if spec else int(x.max()) + 1
-        return _upscale(label_colours(max(n, int(x.max()) + 1))[x.numpy()], tile)
-    if modality == "edge":
-        return _upscale(np.repeat((x[0].numpy() * 255).clip(0, 255)[..., None], 3, axis=2), tile)
-    if modality in ("keypoints", "layout"):
-        maps = x.float().numpy()
-        cols = label_colours(maps.shape[0] + 1)[1:].astype(np.float64) if modality == "keypoints" else \
-            label_colours(maps.shape[0]).astype(np.float64)  # fmt: skip
-        if modality == "keypoints":
-            win = maps.argmax(axis=0)
-            rgb = cols[win] * maps.max(axis=0)[..., None]
-        else:
-            count = maps.sum(axis=0)[..., None]
-            rgb = np.einsum("chw,cd->hwd", maps, cols) / np.maximum(count, 1)
-            rgb[count[..., 0] > 0] = np.maximum(rgb[count[..., 0] > 0], 40)  # class 0 boxes stay visible
-        return _upscale(np.round(rgb), tile)
-    if modality == "text":
-        ids = x.reshape(-1)
-        text = TextVocab(spec.vocab).decode(ids) if spec is not None and spec.vocab else " ".join(
-            str(i) for i in ids.tolist() if i)  # fmt: skip
-        return _text_tile(text, tile)
-    if modality == "audio":
-        m = x.float().numpy()
-        m = (m - m.min()) / max(float(m.max() - m.min()), 1e-8)
-        img = Image.fromarray(colormap(m[::-1]), "RGB")
-        return img.resize((tile, tile), Image.BILINEAR)
-    raise DataError(f"cannot preview unknown modality '{modality}'")
+    """One condition tensor (no batch dimension, conventions of :mod:`iqvae.data.record`) as an RGB tile: the
+    modality's own renderer (:meth:`iqvae.modalities.Modality.render`)."""
+    return get_modality(modality).render(x, spec, tile)
 
 
 def image_tile(image: torch.Tensor, tile: int) -> Image.Image:

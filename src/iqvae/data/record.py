@@ -15,24 +15,24 @@ audio         sequence    float32 (M, F)      log-mel spectrogram, M mel bands, 
 
 ``spec.channels`` is the number of classes (seg, layout), 1 (edge), K (keypoints), the vocabulary size (text) or the
 number of mel bands (audio); ``spec.length`` is T (text) or F (audio) and ``None`` for spatial modalities.
+Each modality's contract, check and everything else about it is its object in :mod:`iqvae.modalities`;
+:class:`ConditionSpec` lives there too and is re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ..errors import DataError
-
-MODALITIES: tuple[str, ...] = ("seg", "edge", "keypoints", "layout", "text", "audio")
-SPATIAL: tuple[str, ...] = ("seg", "edge", "keypoints", "layout")
-SEQUENCE: tuple[str, ...] = ("text", "audio")
+from ..modalities import MODALITIES, SEQUENCE, SPATIAL, ConditionSpec, modality_names  # noqa: F401  (re-exported)
 
 
-def check_modalities(names: list[str] | tuple[str, ...], available: tuple[str, ...] = MODALITIES) -> list[str]:
-    """Validate a list of modality names; raise a DataError naming the bad one."""
+def check_modalities(names: list[str] | tuple[str, ...], available: tuple[str, ...] | None = None) -> list[str]:
+    """Validate a list of modality names (default: the registered ones); raise a DataError naming the bad one."""
+    available = modality_names() if available is None else available
     out = []
     for n in names:
         if n not in available:
@@ -41,52 +41,6 @@ def check_modalities(names: list[str] | tuple[str, ...], available: tuple[str, .
     if not out:
         raise DataError(f"no condition modality given; expected one or more of: {', '.join(available)}")
     return out
-
-
-@dataclass(frozen=True)
-class ConditionSpec:
-    """What a condition encoder needs to know about one modality of one dataset."""
-
-    modality: str
-    channels: int
-    length: int | None = None
-    vocab: tuple[str, ...] | None = None  # text only: id -> word (id 0 = <pad>, 1 = <unk>)
-
-    @property
-    def kind(self) -> Literal["spatial", "sequence"]:
-        return "spatial" if self.modality in SPATIAL else "sequence"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"modality": self.modality, "channels": self.channels, "length": self.length,
-                "vocab": list(self.vocab) if self.vocab is not None else None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ConditionSpec":
-        vocab = d.get("vocab")
-        return cls(d["modality"], int(d["channels"]), d.get("length"), tuple(vocab) if vocab is not None else None)
-
-    def check(self, x: torch.Tensor, resolution: int, what: str = "condition") -> None:
-        """Raise a DataError if ``x`` (one item, no batch dim) does not match this spec."""
-        m = self.modality
-        if m == "seg":
-            ok = x.dtype == torch.int64 and x.shape == (resolution, resolution)
-            expect = f"int64 ({resolution}, {resolution}) class ids"
-        elif m in ("edge", "keypoints", "layout"):
-            c = 1 if m == "edge" else self.channels
-            ok = x.dtype == torch.float32 and x.shape == (c, resolution, resolution)
-            expect = f"float32 ({c}, {resolution}, {resolution})"
-        elif m == "text":
-            ok = x.dtype == torch.int64 and x.shape == (self.length,)
-            expect = f"int64 ({self.length},) token ids"
-        else:
-            ok = x.dtype == torch.float32 and x.shape == (self.channels, self.length)
-            expect = f"float32 ({self.channels}, {self.length}) log-mel"
-        if not ok:
-            raise DataError(f"{what} for modality '{m}' must be {expect}; got {x.dtype} {tuple(x.shape)}")
-        if m in ("seg", "text"):
-            lo, hi = int(x.min()), int(x.max())
-            if lo < 0 or hi >= self.channels:
-                raise DataError(f"{what} for modality '{m}' has ids in [{lo}, {hi}]; expected [0, {self.channels - 1}]")
 
 
 @dataclass

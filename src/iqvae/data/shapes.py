@@ -496,15 +496,11 @@ class ShapesWorld:
 
     def condition_spec(self, modality: str) -> ConditionSpec:
         check_modalities([modality])
-        if modality in ("seg", "layout"):
-            return ConditionSpec(modality, NUM_CLASSES)
-        if modality == "edge":
-            return ConditionSpec(modality, 1)
-        if modality == "keypoints":
-            return ConditionSpec(modality, NUM_KEYPOINTS)
-        if modality == "text":
-            return ConditionSpec(modality, len(self.vocab), TEXT_LENGTH, self.vocab.words)
-        return ConditionSpec(modality, N_MELS, FRAMES)
+        specs = {"seg": (NUM_CLASSES,), "edge": (1,), "keypoints": (NUM_KEYPOINTS,), "layout": (NUM_CLASSES,),
+                 "text": (len(self.vocab), TEXT_LENGTH, self.vocab.words), "audio": (N_MELS, FRAMES)}
+        if modality not in specs:
+            raise DataError(f"the Shapes world has no '{modality}' condition; it has: {', '.join(specs)}")
+        return ConditionSpec(modality, *specs[modality])
 
     def metadata(self) -> dict[str, Any]:
         d = world_metadata()
@@ -527,22 +523,20 @@ class ShapesWorld:
         cap = caption(meta, self.caption_colours)
         wav = waveform(meta)
         kp = keypoints_xy(meta, res)
+        derive = {  # how the world derives each condition from the scene
+            "seg": lambda: torch.from_numpy(class_map(meta, inst)),
+            "edge": lambda: canny_edges(img) if self.edge_source == "canny" else seg_boundaries(torch.from_numpy(inst)),
+            "keypoints": lambda: gaussian_heatmaps(kp, res, self.sigma),
+            "layout": lambda: boxes_to_layout(boxes(meta, res), NUM_CLASSES, res),
+            "text": lambda: self.vocab.encode(cap, TEXT_LENGTH),
+            "audio": lambda: log_mel(wav, SAMPLE_RATE, N_MELS, N_FFT, HOP, FRAMES),
+        }
         cond: dict[str, torch.Tensor] = {}
         for m in modalities:
-            if m == "seg":
-                cond[m] = torch.from_numpy(class_map(meta, inst))
-            elif m == "edge":
-                cond[m] = canny_edges(img) if self.edge_source == "canny" else seg_boundaries(torch.from_numpy(inst))
-            elif m == "keypoints":
-                cond[m] = gaussian_heatmaps(kp, res, self.sigma)
-            elif m == "layout":
-                cond[m] = boxes_to_layout(boxes(meta, res), NUM_CLASSES, res)
-            elif m == "text":
-                cond[m] = self.vocab.encode(cap, TEXT_LENGTH)
-            elif m == "audio":
-                cond[m] = log_mel(wav, SAMPLE_RATE, N_MELS, N_FFT, HOP, FRAMES)
-            else:
+            if m not in derive:
                 check_modalities([m])
+                raise DataError(f"the Shapes world has no '{m}' condition; it has: {', '.join(derive)}")
+            cond[m] = derive[m]()
         extra = {"caption": cap, "waveform": wav, "keypoints_xy": kp}
         return Sample(image_to_tensor(img), cond, extra, meta)
 

@@ -16,34 +16,13 @@ from typing import Any
 import torch
 
 from ..data.record import collate
+from ..modalities import get_modality
 from .recon import codebook_usage, cond_code_class_purity, psnr_per_image, ssim_per_image
 
 
-def _miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    ious = []
-    for c in range(num_classes):
-        p, t = pred == c, target == c
-        union = (p | t).sum().item()
-        if (t.sum().item()) == 0:
-            continue
-        ious.append((p & t).sum().item() / union)
-    return float(sum(ious) / len(ious)) if ious else float("nan")
-
-
 def condition_scores(model: Any, preds: torch.Tensor, conds: torch.Tensor) -> dict[str, float]:
-    m = model.cond_spec.modality
-    if m == "seg":
-        return {"cond_pixel_acc": float((preds == conds).float().mean()),
-                "cond_miou": _miou(preds, conds, model.cond_spec.channels)}
-    if m == "text":
-        mask = conds != 0
-        return {"cond_token_acc": float(((preds == conds) & mask).sum() / mask.sum().clamp(min=1))}
-    if m in ("edge", "layout"):
-        p, t = preds > 0.5, conds > 0.5
-        tp = (p & t).sum().item()
-        prec, rec = tp / max(p.sum().item(), 1), tp / max(t.sum().item(), 1)
-        return {"cond_f1": 2 * prec * rec / max(prec + rec, 1e-12)}
-    return {"cond_mse": float(((preds - conds) ** 2).mean())}
+    """The condition-reconstruction metrics that fit the model's modality (its ``recon_scores``)."""
+    return get_modality(model.cond_spec.modality).recon_scores(model.cond_spec, preds, conds)
 
 
 @torch.no_grad()
@@ -52,7 +31,8 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     psnrs, ssims, img_idx, cond_idx, preds, conds, recons, metas, segs = [], [], [], [], [], [], [], [], []
-    seg_conds: list[torch.Tensor] = []  # the condition itself when it is a segmentation (code class purity)
+    seg_conds: list[torch.Tensor] = []  # the condition itself when it is a class map (code class purity)
+    class_map = get_modality(model.cond_spec.modality).class_map
     for i in range(0, n, batch_size):
         batch = collate([dataset[j] for j in range(i, min(n, i + batch_size))])
         image, cond = batch.image.to(device), batch.cond[cond_name].to(device)
@@ -65,10 +45,10 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
             preds.append(model.condition_prediction(out.cond_out).cpu())
             conds.append(cond.cpu())
         recons.append(out.recon.clamp(-1, 1).cpu())
-        if model.cond_spec.modality == "seg":
+        if class_map:
             seg_conds.append(cond.cpu())
         metas.extend(batch.meta)
-        if "seg" in batch.cond:
+        if "seg" in batch.cond:  # the Shapes world also yields its class map for the exact metrics
             segs.append(batch.cond["seg"])
     report: dict[str, Any] = {
         "items": n,

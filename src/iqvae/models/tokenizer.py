@@ -25,6 +25,8 @@ Choices where the paper is silent (also in the ``help`` of each option):
 * svq at sampling time: the shared encoder needs an image to produce the condition latent (the sVQ paper says so in
   its conclusion).  :meth:`IQVAE.encode_condition` accepts an optional reference ``image`` and otherwise feeds an
   all-zero (mid-gray in [-1, 1]) image.
+* Everything that differs per condition type (input, encoder/decoder, losses, checks) is its object in
+  :mod:`iqvae.modalities`; the choices:
 * Condition reconstruction losses: seg -> cross-entropy over classes; layout -> per-channel binary cross-entropy
   (boxes of different classes overlap, so a pixel can carry several labels); edge -> binary cross-entropy;
   keypoints -> MSE on the heatmaps; audio -> MSE on the log-mel; text -> cross-entropy over the vocabulary, padding
@@ -47,8 +49,9 @@ from torch import nn
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import from_dict, opt, to_dict
 from ..data.config import DataConfig
-from ..data.record import MODALITIES, SPATIAL, ConditionSpec
 from ..errors import CheckpointError, ConfigError, DataError
+from ..modalities import ConditionSpec, Modality, Nets, modality_names, spatial_names
+from ..modalities.base import conv_kwargs
 from .autoencoder import Decoder, Encoder, TextDecoder, TextEncoder
 from .quantize import ResidualQuantizer, VectorQuantizer
 from .sgw import sliced_gromov_wasserstein
@@ -168,18 +171,16 @@ class IQVAEConfig:
 
 
 def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
-    if spec.modality not in MODALITIES:
-        raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(MODALITIES)}")
-    if config.variant == "svq" and spec.modality not in SPATIAL:
-        raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(SPATIAL)}); got '{spec.modality}'")
-    if config.cond_cell_head is True and spec.modality not in SPATIAL:
-        raise ConfigError(f"option 'tokenizer.cond_cell_head' needs a spatial condition ({', '.join(SPATIAL)}) whose "
+    names, spatial = modality_names(), spatial_names()
+    if spec.modality not in names:
+        raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(names)}")
+    if config.variant == "svq" and spec.modality not in spatial:
+        raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(spatial)}); got '{spec.modality}'")
+    if config.cond_cell_head is True and spec.modality not in spatial:
+        raise ConfigError(f"option 'tokenizer.cond_cell_head' needs a spatial condition ({', '.join(spatial)}) whose "
                           f"latent cells cover pixel patches; got '{spec.modality}' (cond_cell_head='spatial' turns "
                           "it on for spatial conditions only)")
-    if spec.channels < (2 if spec.modality in ("seg", "text") else 1):
-        raise ConfigError(f"condition '{spec.modality}' needs more channels/classes, got {spec.channels}")
-    if spec.kind == "sequence" and (spec.length is None or spec.length < 1):
-        raise ConfigError(f"condition '{spec.modality}' needs a positive length, got {spec.length}")
+    spec.modality_obj.check_spec(spec)
 
 
 @dataclass
@@ -237,21 +238,22 @@ class IQVAE(nn.Module):
         c, spec, d = config, cond_spec, config.embed_dim
         g = (c.grid, c.grid)
         self.grid = g
-        kw = {"ch": c.ch, "ch_mult": c.ch_mult, "num_res_blocks": c.num_res_blocks, "attn": c.attn,
-              "dropout": c.dropout}
-        self.cond_in_channels = spec.channels if spec.modality != "edge" else 1
+        kw = conv_kwargs(c)
+        self.modality: Modality = spec.modality_obj
+        self.cond_in_channels = self.modality.in_channels(spec)
+        nets = Nets(Encoder, Decoder, TextEncoder, TextDecoder)
         if c.variant == "svq":
             self.encoder = Encoder(3 + self.cond_in_channels, 2 * d, **kw)
             self.cond_encoder = None
         else:
             self.encoder = Encoder(3, d, **kw)
-            self.cond_encoder = self._build_cond_encoder(kw)
+            self.cond_encoder = self.modality.build_encoder(spec, c, nets)
         self.quantize = self._make_quantizer(c.num_codes)
         self.cond_quantize = None if c.shared_codebook else self._make_quantizer(c.cond_num_codes or c.num_codes)
         self.decoder = Decoder(3, d, cond_channels=0 if c.variant == "vqgan-pair" else d, **kw)
-        self.cond_decoder = self._build_cond_decoder(kw) if c.cond_decoder else None
+        self.cond_decoder = self.modality.build_decoder(spec, c, nets) if c.cond_decoder else None
         self.colour_head = nn.Conv2d(2 * d if c.colour_head_cond else d, 3, 1) if c.colour_head else None
-        cell_head = c.cond_cell_head is True or (c.cond_cell_head == "spatial" and spec.modality in SPATIAL)
+        cell_head = c.cond_cell_head is True or (c.cond_cell_head == "spatial" and self.modality.kind == "spatial")
         self.cond_cell_head = nn.Conv2d(d, self.cond_in_channels, 1) if cell_head else None
 
     # ------------------------------------------------------------------------------------------------ construction
@@ -262,26 +264,6 @@ class IQVAE(nn.Module):
         if c.quantizer == "rq":
             return ResidualQuantizer(num_codes, c.embed_dim, c.rq_depth, **kw)
         return VectorQuantizer(num_codes, c.embed_dim, l2_norm=c.l2_norm_codes, **kw)
-
-    def _build_cond_encoder(self, kw: dict[str, Any]) -> nn.Module:
-        c, spec = self.config, self.cond_spec
-        if spec.modality == "text":
-            return TextEncoder(spec.channels, spec.length, c.embed_dim, self.grid, c.text_width, c.text_layers,
-                               c.text_heads)
-        if spec.modality == "audio":
-            return Encoder(1, c.embed_dim, c.audio_ch, c.audio_ch_mult, c.audio_num_res_blocks, attn=False,
-                           dropout=c.dropout)
-        return Encoder(self.cond_in_channels, c.embed_dim, **kw)
-
-    def _build_cond_decoder(self, kw: dict[str, Any]) -> nn.Module:
-        c, spec = self.config, self.cond_spec
-        if spec.modality == "text":
-            return TextDecoder(spec.channels, spec.length, c.embed_dim, self.grid, c.text_width, c.text_layers,
-                               c.text_heads)
-        if spec.modality == "audio":
-            return Decoder(1, c.embed_dim, c.audio_ch, c.audio_ch_mult, c.audio_num_res_blocks, attn=False,
-                           dropout=c.dropout)
-        return Decoder(self.cond_in_channels, c.embed_dim, **kw)
 
     @classmethod
     def from_config_dict(cls, d: dict[str, Any]) -> IQVAE:
@@ -334,31 +316,7 @@ class IQVAE(nn.Module):
 
     def check_condition(self, cond: torch.Tensor, batch: int | None = None) -> None:
         """Raise a DataError naming the modality, the expected batched shape and range."""
-        spec, r = self.cond_spec, self.config.resolution
-        m = spec.modality
-        item = {"seg": (r, r), "edge": (1, r, r), "keypoints": (spec.channels, r, r), "layout": (spec.channels, r, r),
-                "text": (spec.length,), "audio": (spec.channels, spec.length)}[m]
-        dtype = torch.int64 if m in ("seg", "text") else torch.float32
-        b = "B" if batch is None else str(batch)
-        expect = f"{str(dtype).replace('torch.', '')} ({b}, {', '.join(map(str, item))})"
-        if not isinstance(cond, torch.Tensor):
-            raise DataError(f"condition for modality '{m}' must be a tensor {expect}; got {type(cond).__name__}")
-        if (cond.dtype != dtype or cond.dim() != len(item) + 1 or tuple(cond.shape[1:]) != item
-                or (batch is not None and cond.shape[0] != batch)):
-            raise DataError(f"condition for modality '{m}' must be {expect}; got {cond.dtype} {tuple(cond.shape)}")
-        if cond.numel() == 0:
-            return
-        if m in ("seg", "text"):
-            lo, hi = int(cond.min()), int(cond.max())
-            if lo < 0 or hi >= spec.channels:
-                raise DataError(f"condition for modality '{m}' has ids in [{lo}, {hi}]; expected ids in "
-                                f"[0, {spec.channels - 1}]")
-        elif not bool(torch.isfinite(cond).all()):
-            raise DataError(f"condition for modality '{m}' contains NaN or infinite values")
-        elif m != "audio":
-            lo, hi = float(cond.min()), float(cond.max())
-            if lo < 0 or hi > 1:
-                raise DataError(f"condition for modality '{m}' has values in [{lo:g}, {hi:g}]; expected [0, 1]")
+        self.modality.check_batch(self.cond_spec, cond, self.config.resolution, batch)
 
     def _check_indices(self, idx: torch.Tensor, num_codes: int, what: str) -> None:
         shape = self.tokens_shape
@@ -371,46 +329,21 @@ class IQVAE(nn.Module):
     # ------------------------------------------------------------------------------------------ condition helpers
     def condition_input(self, cond: torch.Tensor) -> torch.Tensor:
         """The condition as a float network input: one-hot seg (B, C, H, W), (B, 1, M, F) audio, others as is."""
-        m = self.cond_spec.modality
-        if m == "seg":
-            return F.one_hot(cond, self.cond_spec.channels).permute(0, 3, 1, 2).float()
-        if m == "audio":
-            return cond.unsqueeze(1)
-        return cond
+        return self.modality.network_input(self.cond_spec, cond)
 
     def _encode_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        x = self.condition_input(cond)
-        if self.cond_spec.modality == "audio":
-            return self.cond_encoder(x, out_size=self.grid)
-        return self.cond_encoder(x)
+        return self.modality.encode(self.cond_encoder, self.condition_input(cond), self.grid)
 
     def _decode_cond(self, zq_cond: torch.Tensor) -> torch.Tensor:
-        if self.cond_spec.modality == "audio":
-            return self.cond_decoder(zq_cond, out_size=(self.cond_spec.channels, self.cond_spec.length)).squeeze(1)
-        return self.cond_decoder(zq_cond)
+        return self.modality.decode(self.cond_decoder, zq_cond, self.cond_spec)
 
     def condition_loss(self, cond_out: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Reconstruction loss of the condition (see the module docstring for the choice per modality)."""
-        m = self.cond_spec.modality
-        if m == "seg":
-            return F.cross_entropy(cond_out, cond)
-        if m in ("edge", "layout"):
-            return F.binary_cross_entropy_with_logits(cond_out, cond)
-        if m in ("keypoints", "audio"):
-            return F.mse_loss(cond_out, cond)
-        total = F.cross_entropy(cond_out, cond, ignore_index=0, reduction="sum")
-        return total / (cond != 0).sum().clamp(min=1)
+        return self.modality.recon_loss(self.cond_spec, cond_out, cond)
 
     def condition_prediction(self, cond_out: torch.Tensor) -> torch.Tensor:
         """Map raw D_c output to the condition's own tensor convention (ids, probabilities, heatmaps, log-mel)."""
-        m = self.cond_spec.modality
-        if m in ("seg", "text"):
-            return cond_out.argmax(dim=1)
-        if m in ("edge", "layout"):
-            return torch.sigmoid(cond_out)
-        if m == "keypoints":
-            return cond_out.clamp(0, 1)
-        return cond_out
+        return self.modality.prediction(cond_out)
 
     # ---------------------------------------------------------------------------------------------------- encoding
     def _latents(self, image: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -540,14 +473,9 @@ class IQVAE(nn.Module):
         map; keypoints: squared error.  0 without ``config.cond_cell_head``."""
         if self.cond_cell_head is None:
             return _zero(zq_cond)
-        target = F.adaptive_avg_pool2d(self.condition_input(cond), zq_cond.shape[-2:])
+        target = self.modality.cell_target(self.cond_spec, cond, zq_cond.shape[-2:])
         pred = self.cond_cell_head(zq_cond)
-        m = self.cond_spec.modality
-        if m == "seg":
-            return -(target * F.log_softmax(pred, dim=1)).sum(1).mean()
-        if m in ("edge", "layout"):
-            return F.binary_cross_entropy_with_logits(pred, target)
-        return F.mse_loss(pred, target)
+        return self.modality.cell_loss(pred, target)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]

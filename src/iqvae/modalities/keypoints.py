@@ -1,0 +1,37 @@
+"""keypoints: one Gaussian heatmap per keypoint, float32 (K, H, W), values in [0, 1].
+
+Network input: the heatmaps as is.  D_c loss: MSE; prediction: clamped to [0, 1].  Cell head: squared error
+against each cell's mean.  Rendered as the max over channels, coloured by the channel that wins.  Metric: MSE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .base import Modality, register
+from .palette import label_colours, upscale
+
+
+class Keypoints(Modality):
+    name = "keypoints"
+    title = "Keypoints"
+    menu_rank = 4
+
+    def prediction(self, out):
+        return out.clamp(0, 1)
+
+    def render(self, x, spec, tile):
+        maps = x.detach().cpu().float().numpy()
+        cols = label_colours(maps.shape[0] + 1)[1:].astype(np.float64)
+        win = maps.argmax(axis=0)
+        rgb = cols[win] * maps.max(axis=0)[..., None]
+        return upscale(np.round(rgb), tile)
+
+
+    def thumbnail(self, x, spec, size):  # grey: the max over keypoints
+        arr = (x.float().cpu().amax(0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+
+
+KEYPOINTS = register(Keypoints())
