@@ -51,9 +51,9 @@ def test_options_declared_once_and_joined_with_the_codes():
     # the grid is kept only where an option reads it (as before: saved configs stay the same)
     assert gpt_config(GPTOptions(n_layer=1, n_head=2, n_embd=8), meta).image_grid == []
     # a saved model config (flat, every constructor argument) still loads
-    saved = {"above_input": False, "above_window": 1, "bias": True, "cond_align": False, "cond_vocab": 9, "dropout": 0.0,
-             "image_grid": [], "image_vocab": 10, "n_cond": 16, "n_embd": 8, "n_head": 2, "n_image": 32, "n_layer": 1,
-             "pos_init": "normal"}
+    saved = {"above_input": False, "above_window": 1, "bias": True, "cond_align": False, "cond_vocab": 9,
+             "dropout": 0.0, "image_grid": [], "image_vocab": 10, "n_cond": 16, "n_embd": 8, "n_head": 2,
+             "n_image": 32, "n_layer": 1, "pos_init": "normal"}
     assert to_dict(from_dict(GPTConfig, saved)) == saved
     # options are checked when the run config is read, before any codes are loaded
     with pytest.raises(ConfigError, match="n_head"):
