@@ -260,15 +260,9 @@ def gumbel_stats(step: int, cfg: GumbelConfig, candidates: torch.Tensor | None =
     return stats
 
 
-def gumbel_mix(
-    model,
-    cond: torch.Tensor,
-    image: torch.Tensor,
-    step: int,
-    cfg: GumbelConfig,
-    codebook: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def gumbel_mix(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
+               codebook: torch.Tensor | None, generator: torch.Generator | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Steps 1-3 of the Gumbel mode: returns (mixed image embeddings (B, t, C), replaced mask (B, t), stats)."""
     with torch.set_grad_enabled(cfg.first_pass_grad and torch.is_grad_enabled()):
         logits1 = model(cond, image)
@@ -281,15 +275,9 @@ def gumbel_mix(
     return mixed, replace, gumbel_stats(step, cfg, candidates, replace)
 
 
-def gumbel_mix_tokens(
-    model,
-    cond: torch.Tensor,
-    image: torch.Tensor,
-    step: int,
-    cfg: GumbelConfig,
-    codebook: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def gumbel_mix_tokens(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
+                      codebook: torch.Tensor | None, generator: torch.Generator | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The token fast path of :func:`gumbel_mix` (``hard`` and no ``first_pass_grad``): returns (mixed token ids
     (B, t), replaced mask (B, t), stats), drawing the same random numbers in the same order as :func:`gumbel_mix`."""
     if not cfg.hard or cfg.first_pass_grad:
@@ -313,17 +301,9 @@ def rq_soft_targets(image: torch.Tensor, codebook: torch.Tensor, temperature: fl
     return torch.softmax(-d2 / temperature, dim=-1)
 
 
-def training_loss(
-    model,
-    cond: torch.Tensor,
-    image: torch.Tensor,
-    step: int,
-    cfg: GumbelConfig,
-    codebook: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-    *,
-    token_fast_path: bool = True,
-) -> tuple[torch.Tensor, dict[str, float]]:
+def training_loss(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
+                  codebook: torch.Tensor | None, generator: torch.Generator | None = None, *,
+                  token_fast_path: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Transformer training loss for one batch under ``cfg.mode``; returns (scalar loss, stats to log).
 
     ``codebook`` (V, D) is the image codebook of the tokenizer (needed by ``rq-soft``; for ``gumbel`` it defines
