@@ -36,7 +36,7 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = da
 
     ``ours=True`` tags an addition of this implementation that is not in the paper: its default is the paper's model
     (off), ``--help`` lists it in a separate group and ``iqvae presets`` shows which presets turn it on.  The rule for
-    what counts as ours is in docs/design.md ("Paper options and our additions").
+    what counts as ours is in docs/design.md ("Options: the paper's and ours").
     """
     metadata = {"help": help, "ours": bool(ours)}
     if factory is not dataclasses.MISSING:
