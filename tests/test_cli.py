@@ -69,6 +69,8 @@ def test_presets_and_regularizer_bench(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^paper\s+256\s+16x16\s+1024x256", out, flags=re.M)
+    assert re.search(r"^  paper: none$", out, flags=re.M)  # the paper preset turns on none of our additions
+    assert re.search(r"^  small: tokenizer.model.colour_head, .*transformer.model.above_window=3$", out, flags=re.M)
     assert main(["bench", "sgw", "--preset", "tiny", "--steps", "2", "--batch", "4"]) == 0
     out = capsys.readouterr().out
     share = float(re.search(r"share of the step .*?([\d.]+)%", out).group(1))

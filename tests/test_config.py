@@ -77,3 +77,111 @@ def test_config_file_and_preset_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_config(Outer, "sec", config_file=tmp_path / "missing.yaml")
     assert isinstance(list_presets(), list)
+
+
+# ---------------------------------------------------------------------------------------------- extends
+def _presets(tmp_path, monkeypatch, files: dict[str, str]):
+    import iqvae.config as config
+
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
+
+
+def test_preset_extends_deep_merges_along_a_chain(tmp_path, monkeypatch):
+    from iqvae.config import load_preset
+
+    _presets(tmp_path, monkeypatch, {
+        "base": "sec:\n  name: b\n  steps: 3\n  inner: {lr: 0.5, dims: [1, 2, 3]}\nother: {x: 1}\n",
+        "mid": "extends: base\nsec:\n  inner: {mode: b}\n",
+        "top": "extends: mid\nsec:\n  steps: 9\n  inner: {dims: [7]}\n",
+    })
+    assert load_preset("top") == {"sec": {"name": "b", "steps": 9, "inner": {"lr": 0.5, "dims": [7], "mode": "b"}},
+                                  "other": {"x": 1}}
+    o = build_config(Outer, "sec", preset="top", overrides=["inner.lr=0.25"])
+    assert (o.name, o.steps, o.inner.lr, o.inner.dims, o.inner.mode) == ("b", 9, 0.25, (7,), "b")
+    # a --config file may extend a preset too; it then holds sections
+    f = tmp_path / "mine.yml"
+    f.write_text("extends: mid\nsec: {steps: 4}\n")
+    o = build_config(Outer, "sec", config_file=f)
+    assert (o.name, o.steps, o.inner.lr, o.inner.mode) == ("b", 4, 0.5, "b")
+    f.write_text("extends: mid\nsteps: 4\n")
+    with pytest.raises(ConfigError, match=r"mine.yml' extends 'mid', so its top level must hold sections"):
+        build_config(Outer, "sec", config_file=f)
+
+
+@pytest.mark.parametrize("files, fragment", [
+    ({"a": "extends: b\nsec: {}\n", "b": "extends: a\n"}, r"b.yaml': 'extends: a' makes a cycle \(a -> b -> a\)"),
+    ({"a": "extends: a\n"}, r"a.yaml': 'extends: a' makes a cycle \(a -> a\)"),
+    ({"a": "extends: nope\n"}, r"preset file '.*a.yaml' extends unknown preset 'nope'; available: a"),
+    ({"a": "extends: [b]\n"}, r"a.yaml': 'extends' must name one preset"),
+])
+def test_preset_extends_errors_name_the_file(tmp_path, monkeypatch, files, fragment):
+    _presets(tmp_path, monkeypatch, files)
+    with pytest.raises(ConfigError, match=fragment):
+        build_config(Outer, "sec", preset="a")
+
+
+def test_builtin_presets_extend_and_resolve():
+    """demo extends small and demo-quick extends demo; every preset builds both stages."""
+    from iqvae.config import load_yaml, PRESET_DIR
+    from iqvae.train.tokenizer import TokenizerRunConfig
+    from iqvae.train.transformer import TransformerRunConfig
+
+    assert load_yaml(PRESET_DIR / "demo.yaml")["extends"] == "small"
+    assert load_yaml(PRESET_DIR / "demo-quick.yaml")["extends"] == "demo"
+    for name in list_presets():
+        build_config(TokenizerRunConfig, "tokenizer", preset=name)
+        build_config(TransformerRunConfig, "transformer", preset=name)
+    demo = build_config(TransformerRunConfig, "transformer", preset="demo")
+    small = build_config(TransformerRunConfig, "transformer", preset="small")
+    assert (demo.model.n_layer, demo.model.n_embd, demo.model.above_window, demo.train.lr) == (2, 128, 3, 5e-3)
+    assert (small.model.n_layer, small.train.steps, demo.train.steps) == (4, 900, 300)
+
+
+# ---------------------------------------------------------------------------------------------- paper / ours
+@dataclass
+class WithOurs:
+    a: int = opt(1, "paper option")
+    extra: bool = opt(False, "an addition", ours=True)
+    inner: Inner = field(default_factory=Inner)
+    width: int = opt(1, "another addition", ours=True)
+
+
+def test_ours_options_form_their_own_group():
+    from iqvae.config import additions, ours_options
+
+    assert ours_options(WithOurs) == ["extra", "width"]
+    text = format_options(WithOurs)
+    head, tail = text.split("our additions (not in the paper")
+    assert "  a (int" in head and "inner.lr" in head and "extra" not in head and "width" not in head
+    assert "  extra (bool, default False)" in tail and "  width (int, default 1)" in tail
+    assert format_options(Outer).count("our additions") == 0
+    assert additions(WithOurs()) == []
+    assert additions(WithOurs(extra=True, width=3, a=5)) == ["extra", "width=3"]
+
+
+def _stage_additions(preset):
+    from iqvae.config import additions
+    from iqvae.train.tokenizer import TokenizerRunConfig
+    from iqvae.train.transformer import TransformerRunConfig
+
+    return (additions(build_config(TokenizerRunConfig, "tokenizer", preset=preset)),
+            additions(build_config(TransformerRunConfig, "transformer", preset=preset)))
+
+
+def test_paper_preset_uses_none_of_our_additions_and_small_lists_its_own():
+    from iqvae.config import ours_options
+    from iqvae.train.tokenizer import TokenizerRunConfig
+    from iqvae.train.transformer import TransformerRunConfig
+
+    assert {"model.colour_head", "model.colour_head_cond", "model.cond_cell_head", "loss.colour_weight",
+            "loss.cond_cell_weight"} <= set(ours_options(TokenizerRunConfig))
+    assert {"model.pos_init", "model.cond_align", "model.above_input", "model.above_window"} <= set(
+        ours_options(TransformerRunConfig))
+    assert _stage_additions("paper") == ([], [])
+    assert _stage_additions("small") == (
+        ["model.colour_head", "model.colour_head_cond", "model.cond_cell_head=spatial"],
+        ["model.pos_init=spatial", "model.cond_align", "model.above_input", "model.above_window=3"])
+    assert _stage_additions("demo") == _stage_additions("small")
+    assert _stage_additions("demo-quick") == ([], [])

@@ -29,6 +29,39 @@ def test_paper_preset_defaults():
     assert from_dict(GPTConfig, to_dict(cfg)) == cfg
 
 
+def test_options_declared_once_and_joined_with_the_codes():
+    """GPTConfig = GPTOptions (what a user sets, the run config's ``model`` section) + what the token codes fix."""
+    from iqvae.models.gpt import GPTOptions
+    from iqvae.train.transformer import TransformerRunConfig, gpt_config
+
+    option_names = [f.name for f in dataclasses.fields(GPTOptions)]
+    assert option_names == ["n_layer", "n_head", "n_embd", "dropout", "bias", "pos_init", "cond_align", "above_input",
+                            "above_window"]
+    assert set(f.name for f in dataclasses.fields(GPTConfig)) == set(option_names) | {
+        "cond_vocab", "image_vocab", "n_cond", "n_image", "image_grid"}
+    assert type(TransformerRunConfig().model) is GPTOptions
+    assert to_dict(TransformerRunConfig().model) == {k: v for k, v in to_dict(GPTConfig()).items() if k in option_names}
+    meta = {"cond_vocab": 9, "image_vocab": 10, "n_cond": 16, "n_image": 32, "tokens_shape": [4, 4, 2]}
+    opts = GPTOptions(n_layer=1, n_head=2, n_embd=8, dropout=0.1, bias=False, pos_init="spatial", cond_align=True,
+                      above_input=True, above_window=2)
+    cfg = gpt_config(opts, meta)
+    assert cfg == GPTConfig(cond_vocab=9, image_vocab=10, n_cond=16, n_image=32, image_grid=[4, 4, 2], n_layer=1,
+                            n_head=2, n_embd=8, dropout=0.1, bias=False, pos_init="spatial", cond_align=True,
+                            above_input=True, above_window=2)
+    # the grid is kept only where an option reads it (as before: saved configs stay the same)
+    assert gpt_config(GPTOptions(n_layer=1, n_head=2, n_embd=8), meta).image_grid == []
+    # a saved model config (flat, every constructor argument) still loads
+    saved = {"above_input": False, "above_window": 1, "bias": True, "cond_align": False, "cond_vocab": 9,
+             "dropout": 0.0, "image_grid": [], "image_vocab": 10, "n_cond": 16, "n_embd": 8, "n_head": 2,
+             "n_image": 32, "n_layer": 1, "pos_init": "normal"}
+    assert to_dict(from_dict(GPTConfig, saved)) == saved
+    # options are checked when the run config is read, before any codes are loaded
+    with pytest.raises(ConfigError, match="n_head"):
+        from_dict(TransformerRunConfig, {"model": {"n_embd": 10, "n_head": 4}})
+    with pytest.raises(ConfigError, match="above_window=2 needs above_input=true"):
+        from_dict(TransformerRunConfig, {"model": {"above_window": 2}})
+
+
 @pytest.mark.parametrize(
     "kw, word",
     [({"n_embd": 15}, "n_head"), ({"n_layer": 0}, "n_layer"), ({"dropout": 1.0}, "dropout"), ({"n_cond": 0}, "n_cond")],

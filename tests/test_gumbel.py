@@ -46,9 +46,10 @@ def teacher(model, cond, image):
     return loss.detach(), grads(model)
 
 
-def run(model, cond, image, step, cfg, codebook, seed=0):
+def run(model, cond, image, step, cfg, codebook, seed=0, token_fast_path=True):
     model.zero_grad()
-    loss, stats = training_loss(model, cond, image, step, cfg, codebook, torch.Generator().manual_seed(seed))
+    loss, stats = training_loss(model, cond, image, step, cfg, codebook, torch.Generator().manual_seed(seed),
+                                token_fast_path=token_fast_path)
     loss.backward()
     return loss.detach(), grads(model), stats
 
@@ -279,9 +280,9 @@ def test_first_pass_gradient_flag(hard):
 def test_token_fast_path_equals_straight_through_embeddings(step):
     """Defaults (hard, no first-pass gradient): feeding sampled ids gives the embedding path's loss and gradients."""
     model, cond, image, codebook = setup(B=8)
-    cfg = GumbelConfig(threshold=-0.5, schedule="linear", linear_steps=200, tau_anneal_steps=200)
+    cfg = GumbelConfig(threshold=-0.5, schedule="linear", linear_steps=200)
     fast = run(model, cond, image, step, cfg, codebook, seed=11)
-    slow = run(model, cond, image, step, dataclasses.replace(cfg, token_fast_path=False), codebook, seed=11)
+    slow = run(model, cond, image, step, cfg, codebook, seed=11, token_fast_path=False)
     assert fast[2] == slow[2]  # same draws: same candidates, same replaced fraction
     if step:
         assert 0.0 < fast[2]["gs_replaced"] <= fast[2]["gs_candidates"] <= 1.0
@@ -291,8 +292,7 @@ def test_token_fast_path_equals_straight_through_embeddings(step):
         torch.testing.assert_close(fast[1][n], slow[1][n], atol=1e-6, rtol=1e-5, msg=n)
     # the replaced ids are the argmax of the straight-through samples of the embedding path
     tokens, replace, _ = gumbel_mix_tokens(model, cond, image, step, cfg, codebook, torch.Generator().manual_seed(11))
-    mixed, replace2, _ = gumbel_mix(model, cond, image, step, dataclasses.replace(cfg, token_fast_path=False),
-                                    codebook, torch.Generator().manual_seed(11))
+    mixed, replace2, _ = gumbel_mix(model, cond, image, step, cfg, codebook, torch.Generator().manual_seed(11))
     assert torch.equal(replace, replace2)
     torch.testing.assert_close(mixed, model.wte_image(tokens), atol=1e-7, rtol=0)
     with pytest.raises(IQVAEError, match="first_pass_grad"):
@@ -302,12 +302,30 @@ def test_token_fast_path_equals_straight_through_embeddings(step):
 def test_training_loss_gumbel_stats_and_determinism():
     model, cond, image, codebook = setup()
     cfg = GumbelConfig(threshold=-2.0, schedule="linear", linear_steps=100, tau_start=1.0, tau_end=0.5,
-                       tau_anneal_steps=100)
+                       tau_anneal_steps=100, hard=False)
     l1, _, s1 = run(model, cond, image, 40, cfg, codebook, seed=3)
     l2, _, s2 = run(model, cond, image, 40, cfg, codebook, seed=3)
     assert torch.equal(l1, l2) and s1 == s2
     assert set(s1) == {"gs_candidates", "gs_replaced", "gs_tau", "gs_rate", "gs_applied"}
     assert s1["gs_rate"] == pytest.approx(0.4) and s1["gs_tau"] == pytest.approx(0.5**0.4)
+    # the defaults (hard samples, no gradient into pass 1): tau acts on nothing, so it is not logged
+    _, _, s3 = run(model, cond, image, 40, dataclasses.replace(cfg, hard=True), codebook, seed=3)
+    assert set(s3) == {"gs_candidates", "gs_replaced", "gs_rate", "gs_applied"}
+    _, _, s4 = run(model, cond, image, 41, dataclasses.replace(cfg, hard=True), codebook, seed=3)
+    assert s4 == {"gs_candidates": 0.0, "gs_replaced": 0.0, "gs_rate": pytest.approx(0.41), "gs_applied": 0.0}
+
+
+@pytest.mark.parametrize("name, value", [("tau_start", 2.0), ("tau_end", 0.1), ("tau_anneal_steps", 100),
+                                         ("tau_schedule", "linear")])
+def test_tau_options_refuse_a_value_where_tau_cannot_act(name, value):
+    with pytest.raises(ConfigError, match=f"'gumbel.{name}' has no effect with gumbel.hard=true"):
+        from_dict(GumbelConfig, {name: value})
+    from_dict(GumbelConfig, {name: value, "hard": False})
+    from_dict(GumbelConfig, {name: value, "first_pass_grad": True})
+    defaults = GumbelConfig()
+    from_dict(GumbelConfig, {name: getattr(defaults, name)})  # the default value is accepted
+    with pytest.raises(ConfigError, match="unknown option 'token_fast_path'"):  # a function argument now
+        from_dict(GumbelConfig, {"token_fast_path": False})
 
 
 def test_pkeep_one_equals_teacher_and_zero_corrupts():

@@ -4,8 +4,12 @@
 * :func:`from_dict` builds one from plain data; an unknown key is a :class:`~iqvae.errors.ConfigError` that names the
   key and lists the valid ones; a value of the wrong type or outside its choices is an error too.
 * :func:`apply_overrides` applies ``a.b=value`` strings (values parsed as YAML scalars: ``1e-4``, ``true``, ``[1, 2]``).
-* :func:`describe` lists every option with its default and help, for ``--help``.
+* :func:`describe` lists every option with its default and help, for ``--help``; :func:`format_options` prints the
+  paper's options first, then the options tagged ``opt(..., ours=True)`` (our additions, not in the paper) as a group;
+  :func:`additions` names the additions a built config turns on (``iqvae presets``).
 * Presets are YAML files in ``iqvae/presets``; a preset holds one mapping per section (``tokenizer``, ``transformer``).
+  A preset (or a ``--config`` file) may start with ``extends: NAME``: it is then that preset deep-merged with its own
+  mappings (chains allowed; a cycle or an unknown name is an error naming the file).
 """
 
 from __future__ import annotations
@@ -26,11 +30,39 @@ PRESET_DIR = Path(__file__).parent / "presets"
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with help text (shown by ``--help`` and ``iqvae presets``)."""
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+        ours: bool = False) -> Any:
+    """A dataclass field with help text (shown by ``--help`` and ``iqvae presets``).
+
+    ``ours=True`` tags an addition of this implementation that is not in the paper: its default is the paper's model
+    (off), ``--help`` lists it in a separate group and ``iqvae presets`` shows which presets turn it on.  The rule for
+    what counts as ours is in docs/design.md ("Options: the paper's and ours").
+    """
+    metadata = {"help": help, "ours": bool(ours)}
     if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (``dataclasses.MISSING`` for a required one)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def check_bounds(obj: Any, names: typing.Iterable[str], *, low: float = 0, strict: bool = False,
+                 integer: bool = False, where: str = "") -> None:
+    """Each option ``names`` of config ``obj`` must be a number (an integer with ``integer``) ``>= low`` (``> low``
+    with ``strict``); otherwise a ConfigError naming the option (``where`` + name) and the bound."""
+    for name in names:
+        v = getattr(obj, name)
+        number = not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
+        if not (number and (v > low if strict else v >= low)):
+            kind = "an integer" if integer else "a number"
+            raise ConfigError(f"option '{where}{name}' must be {kind} {'>' if strict else '>='} {low:g}, got {v!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -187,33 +219,60 @@ def _check_path(cls: type, key: str) -> None:
         cur = hints[part]
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """Every leaf option as (key, type, default, help)."""
-    rows = []
+def _leaves(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
+    """Every leaf option of dataclass ``cls`` as (dotted key, field, annotation), in declaration order."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, prefix + f.name + "."))
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+            yield from _leaves(tp, prefix + f.name + ".")
         else:
-            default = "(required)"
-        rows.append((prefix + f.name, _type_name(tp), to_dict(default), f.metadata.get("help", "")))
+            yield prefix + f.name, f, tp
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf option as (key, type, default, help)."""
+    rows = []
+    for key, f, tp in _leaves(cls, prefix):
+        default = field_default(f)
+        rows.append((key, _type_name(tp), "(required)" if default is dataclasses.MISSING else to_dict(default),
+                     f.metadata.get("help", "")))
     return rows
 
 
+def ours_options(cls: type, prefix: str = "") -> list[str]:
+    """The keys of the options tagged ``ours`` (our additions, not in the paper), in declaration order."""
+    return [key for key, f, _ in _leaves(cls, prefix) if f.metadata.get("ours")]
+
+
+def additions(obj: Any) -> list[str]:
+    """Our additions that config ``obj`` turns on: each ``ours`` option whose value differs from its default, as
+    ``key`` (a boolean set to true) or ``key=value``."""
+    out = []
+    for key, f, _ in _leaves(type(obj)):
+        if not f.metadata.get("ours"):
+            continue
+        value = obj
+        for part in key.split("."):
+            value = getattr(value, part)
+        if to_dict(value) != to_dict(field_default(f)):
+            out.append(key if value is True else f"{key}={to_dict(value)}")
+    return out
+
+
 def format_options(cls: type, prefix: str = "") -> str:
-    """Text block listing every option, for argparse epilogs."""
-    lines = []
+    """Text block listing every option, for argparse epilogs: the paper's options, then our additions as a group."""
+    ours = set(ours_options(cls, prefix))
+    paper, added = [], []
     for key, tp, default, help_ in describe(cls, prefix):
+        lines = added if key in ours else paper
         lines.append(f"  {key} ({tp}, default {default!r})")
         if help_:
             lines.append(f"      {help_}")
-    return "\n".join(lines)
+    if added:
+        paper += ["", "our additions (not in the paper; their defaults are the paper's model, which the `paper` preset "
+                      "keeps; docs/design.md):"] + added
+    return "\n".join(paper)
 
 
 def list_presets() -> list[str]:
@@ -234,10 +293,47 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
+    """The preset's mappings, with ``extends`` resolved."""
+    return _load_preset(name, ())
+
+
+def _load_preset(name: str, chain: tuple[str, ...], referrer: Path | None = None) -> dict[str, Any]:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset '{name}'; available: {', '.join(list_presets())}")
-    return load_yaml(path)
+        where = f"preset file '{referrer}' extends " if referrer else ""
+        raise ConfigError(f"{where}unknown preset '{name}'; available: {', '.join(list_presets())}")
+    return _resolve_extends(load_yaml(path), path, chain + (name,))
+
+
+def _resolve_extends(data: dict[str, Any], path: Path, chain: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` with its ``extends: NAME`` replaced by that preset (resolved the same way), deep-merged under it."""
+    if "extends" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("extends")
+    if not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': 'extends' must name one preset, got {base!r}")
+    if base in chain:
+        raise ConfigError(f"config file '{path}': 'extends: {base}' makes a cycle "
+                          f"({' -> '.join(chain + (base,))})")
+    return _deep_merge(_load_preset(base, chain, path), data)
+
+
+def _file_section(path: Path, section: str) -> dict[str, Any]:
+    """A config file's ``section`` (or the whole file when it has no such key); a file with ``extends`` must hold
+    sections, the ones of the preset it extends."""
+    raw = load_yaml(path)
+    if "extends" not in raw:
+        return (raw[section] or {}) if section in raw else raw
+    merged = _resolve_extends(raw, path, ())
+    base = load_preset(raw["extends"])
+    stray = [k for k in raw if k != "extends" and k not in base and k != section]
+    if stray:
+        raise ConfigError(f"config file '{path}' extends '{raw['extends']}', so its top level must hold sections "
+                          f"({', '.join(base)}); got '{stray[0]}'")
+    if section not in merged:
+        raise ConfigError(f"config file '{path}' (extends '{raw['extends']}') has no '{section}' section")
+    return merged[section] or {}
 
 
 def build_config(
@@ -256,9 +352,7 @@ def build_config(
             raise ConfigError(f"preset '{preset}' has no '{section}' section")
         data = dict(pdata[section] or {})
     if config_file is not None:
-        fdata = load_yaml(config_file)
-        fdata = fdata.get(section, fdata) if section in fdata else fdata
-        data = _deep_merge(data, fdata)
+        data = _deep_merge(data, _file_section(Path(config_file), section))
     obj = from_dict(cls, data, "")
     return apply_overrides(obj, list(overrides))
 

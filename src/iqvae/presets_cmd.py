@@ -8,7 +8,7 @@ import argparse
 def preset_rows() -> list[dict]:
     import torch
 
-    from .config import build_config, list_presets
+    from .config import additions, build_config, list_presets
     from .data.record import ConditionSpec
     from .models.gpt import GPT
     from .train.tokenizer import TokenizerRunConfig
@@ -36,6 +36,7 @@ def preset_rows() -> list[dict]:
             "tok_train": f"{tok.train.epochs} epochs" if tok.train.epochs else f"{tok.train.steps} steps",
             "gpt_train": f"{gpt.train.epochs} epochs" if gpt.train.epochs else f"{gpt.train.steps} steps",
             "batch": f"{tok.train.batch_size}/{gpt.train.batch_size}",
+            "additions": [f"tokenizer.{a}" for a in additions(tok)] + [f"transformer.{a}" for a in additions(gpt)],
         })
     return rows
 
@@ -48,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
     print("  ".join(c.ljust(w) for c, w in zip(cols, fmt)))
     for r in rows:
         print("  ".join(_s(r[c]).ljust(w) for c, w in zip(cols, fmt)))
-    print("\nUse with --preset NAME; files in iqvae/presets/*.yaml; override any option with --set key=value.")
+    print("\nOur additions (not in the paper; docs/design.md) each preset turns on:")
+    for r in rows:
+        print(f"  {r['preset']}: {', '.join(r['additions']) or 'none'}")
+    print("\nUse with --preset NAME; files in iqvae/presets/*.yaml (a preset may start with `extends: NAME`); "
+          "override any option with --set key=value.")
     return 0
 
 

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import opt
-from ..errors import ConfigError
+from ..config import check_bounds, opt
 from ..models.discriminator import NLayerDiscriminator
 
 if TYPE_CHECKING:  # no runtime import of the model package's tokenizer
@@ -41,9 +40,10 @@ class LossConfig:
     perceptual_weight: float = opt(1.0, "lambda_4: weight of the LPIPS perceptual loss (0 or no LPIPS: off)")
     disc_weight: float = opt(0.8, "lambda_5: weight of the generator's adversarial loss")
     cond_recon_weight: float = opt(1.0, "weight of the condition reconstruction loss (sVQ's lambda)")
-    colour_weight: float = opt(1.0, "weight of the colour-head L1 loss (only with tokenizer.model.colour_head)")
+    colour_weight: float = opt(1.0, "weight of the colour-head L1 loss (only with tokenizer.model.colour_head)",
+                               ours=True)
     cond_cell_weight: float = opt(1.0, "weight of the condition cell-head loss (only with "
-                                       "tokenizer.model.cond_cell_head)")
+                                       "tokenizer.model.cond_cell_head)", ours=True)
     disc_start: int = opt(10000, "training step from which the adversarial terms are switched on")
     disc_loss: Literal["hinge", "vanilla"] = opt("hinge", "discriminator loss")
     adaptive_weight: bool = opt(True, "scale the adversarial term by the taming adaptive weight")
@@ -54,13 +54,10 @@ class LossConfig:
                                                         "batch (pix2pix/taming)")
 
     def validate(self) -> None:
-        for name in ("sgw_weight", "recon_weight", "quant_weight", "perceptual_weight", "disc_weight",
-                     "cond_recon_weight", "colour_weight", "cond_cell_weight", "disc_start", "adaptive_max"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"option 'loss.{name}' must be non-negative, got {getattr(self, name)!r}")
-        for name in ("disc_layers", "disc_ch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"option 'loss.{name}' must be a positive integer, got {getattr(self, name)!r}")
+        check_bounds(self, ("sgw_weight", "recon_weight", "quant_weight", "perceptual_weight", "disc_weight",
+                            "cond_recon_weight", "colour_weight", "cond_cell_weight", "disc_start", "adaptive_max"),
+                     where="loss.")
+        check_bounds(self, ("disc_layers", "disc_ch"), low=1, integer=True, where="loss.")
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ image token; both are thin wrappers over ``forward_cached(embeds, start_pos, cac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,49 +44,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import from_dict, opt, to_dict
+from ..config import check_bounds, from_dict, opt, to_dict
 from ..errors import ConfigError, IQVAEError
 from .weights import checkpoint_folder, load_checkpoint_weights
 
 
 @dataclass
-class GPTConfig:
-    """Conditional GPT hyper-parameters; defaults are the paper preset (Table 2, GPT-2 medium shape)."""
+class GPTOptions:
+    """The transformer's options a user sets (the ``model`` section of ``train-transformer``); defaults are the
+    paper preset (Table 2, GPT-2 medium shape).  :class:`GPTConfig` adds what the token codes fix."""
 
-    cond_vocab: int = opt(1024, "number of condition codes (size of the condition codebook)")
-    image_vocab: int = opt(1024, "number of image codes (size of the image codebook; Table 2: 1024)")
-    n_cond: int = opt(256, "condition tokens per sample (16x16 condition code map = 256)")
-    n_image: int = opt(256, "image tokens per sample (16x16 image code map = 256)")
     n_layer: int = opt(24, "transformer blocks (Table 2: 24)")
     n_head: int = opt(16, "attention heads per block (not in the paper; GPT-2 medium uses 16 at width 1024)")
     n_embd: int = opt(1024, "model width (Table 2 'embedding number': 1024)")
     dropout: float = opt(0.0, "dropout on embeddings, attention weights and residual branches")
     bias: bool = opt(True, "use biases in Linear and LayerNorm layers (GPT-2: true)")
     pos_init: str = opt("normal", "initialisation of the learned position table: 'normal' (GPT-2: N(0, 0.02)) or "
-                        "'spatial' (2-D sin/cos of each token's grid location, see spatial_position_table)")
-    image_grid: list[int] = opt(help="image token grid [h, w] or [h, w, depth] (from the token codes); "
-                                "pos_init=spatial needs it", factory=list)
+                        "'spatial' (2-D sin/cos of each token's grid location, see spatial_position_table)", ours=True)
     cond_align: bool = opt(False, "also add, to the input of the slot that predicts image token j, an embedding "
                            "(wte_align) of the condition token at j's grid location (needs n_image to be a multiple "
-                           "of n_cond); not in the paper, see aligned_cond_index")
+                           "of n_cond); see aligned_cond_index", ours=True)
     above_input: bool = opt(False, "also add, to the input of the slot that predicts image token j, a learned linear "
                             "map (above_proj) of the embedding of the image token one grid row above j (already "
-                            "generated); needs image_grid; not in the paper, see GPT.above_offset")
+                            "generated); needs image_grid; see GPT.above_offset", ours=True)
     above_window: int = opt(1, "with above_input: how many tokens of the row above feed the slot predicting j, "
                             "starting directly above j and going right (1: the token above only; each further one "
                             "has its own map above_right[d-1]; positions past the row's end are left out); at most "
-                            "the grid width")
-
-    @property
-    def block_size(self) -> int:
-        """Full sequence length n_cond + n_image (paper: 512)."""
-        return self.n_cond + self.n_image
+                            "the grid width", ours=True)
 
     def validate(self) -> None:
-        for name in ("cond_vocab", "image_vocab", "n_cond", "n_image", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"option '{name}' must be a positive integer, got {value!r}")
+        check_bounds(self, ("n_layer", "n_head", "n_embd"), low=1, integer=True)
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"option 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head}) so every head has "
@@ -95,6 +83,43 @@ class GPTConfig:
             raise ConfigError(f"option 'dropout' must be in [0, 1), got {self.dropout!r}")
         if self.pos_init not in POS_INITS:
             raise ConfigError(f"option 'pos_init' must be one of {', '.join(POS_INITS)}, got {self.pos_init!r}")
+        K = self.above_window
+        if K != 1 and not self.above_input:
+            raise ConfigError(f"option above_window={K!r} needs above_input=true (it widens the row-above input)")
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+            raise ConfigError(f"option 'above_window' must be an integer in [1, grid width], got {K!r}")
+
+
+@dataclass
+class GPTConfig(GPTOptions):
+    """Every constructor argument of :class:`GPT`: the options plus the vocabularies, sequence lengths and token grid
+    of the token codes (``iqvae encode`` writes them; :meth:`from_options` joins the two)."""
+
+    cond_vocab: int = opt(1024, "number of condition codes (size of the condition codebook)")
+    image_vocab: int = opt(1024, "number of image codes (size of the image codebook; Table 2: 1024)")
+    n_cond: int = opt(256, "condition tokens per sample (16x16 condition code map = 256)")
+    n_image: int = opt(256, "image tokens per sample (16x16 image code map = 256)")
+    image_grid: list[int] = opt(help="image token grid [h, w] or [h, w, depth] (from the token codes); "
+                                "pos_init=spatial and above_input need it", factory=list)
+
+    @classmethod
+    def from_options(cls, options: GPTOptions, meta: dict[str, Any]) -> "GPTConfig":
+        """The model config for ``options`` on the token codes described by ``meta`` (``codes.json``: cond_vocab,
+        image_vocab, n_cond, n_image, tokens_shape); the grid is kept only where an option reads it."""
+        grid = [int(g) for g in meta.get("tokens_shape", [])] if options.pos_init == "spatial" or options.above_input \
+            else []
+        derived = {"cond_vocab": meta["cond_vocab"], "image_vocab": meta["image_vocab"], "n_cond": meta["n_cond"],
+                   "n_image": meta["n_image"], "image_grid": grid}
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(GPTOptions)}, **derived)
+
+    @property
+    def block_size(self) -> int:
+        """Full sequence length n_cond + n_image (paper: 512)."""
+        return self.n_cond + self.n_image
+
+    def validate(self) -> None:
+        check_bounds(self, ("cond_vocab", "image_vocab", "n_cond", "n_image"), low=1, integer=True)
+        super().validate()
         grid = list(self.image_grid)
         if grid and (len(grid) not in (2, 3) or any(not isinstance(g, int) or g < 1 for g in grid)
                      or math.prod(grid) != self.n_image):
@@ -105,12 +130,9 @@ class GPTConfig:
                               f"({self.n_cond}): every image token must have one aligned condition token")
         if self.above_input and not grid:
             raise ConfigError("option above_input=true needs 'image_grid' (the image token grid [h, w])")
-        K = self.above_window
-        if K != 1 and not self.above_input:
-            raise ConfigError(f"option above_window={K!r} needs above_input=true (it widens the row-above input)")
-        if isinstance(K, bool) or not isinstance(K, int) or K < 1 or (grid and K > grid[1]):
-            raise ConfigError(f"option 'above_window' must be an integer in [1, grid width"
-                              f"{' = ' + str(grid[1]) if grid else ''}], got {K!r}")
+        if grid and self.above_window > grid[1]:
+            raise ConfigError(f"option 'above_window' must be an integer in [1, grid width = {grid[1]}], "
+                              f"got {self.above_window!r}")
         if self.pos_init == "spatial" and not grid:
             raise ConfigError("option pos_init='spatial' needs 'image_grid' (the image token grid [h, w])")
 

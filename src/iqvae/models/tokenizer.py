@@ -102,16 +102,16 @@ class IQVAEConfig:
     colour_head: bool = opt(False, "our addition, not in the paper: a 1x1 conv head (training only) predicts each "
                                    "latent cell's mean pixel colour from its quantized image feature alone, with an "
                                    "L1 loss (loss.colour_weight), so image codes carry absolute colour instead of a "
-                                   "colour relative to the condition features D_x also sees")
+                                   "colour relative to the condition features D_x also sees", ours=True)
     colour_head_cond: bool = opt(False, "the colour head also sees the condition features D_x sees at the cell, so "
                                         "codes need carry only what the condition does not say (e.g. which of a "
-                                        "class's colours), consistently across cells")
+                                        "class's colours), consistently across cells", ours=True)
     cond_cell_head: bool | Literal["spatial"] = opt(
         False, "our addition, not in the paper: a 1x1 conv head (training only) predicts each latent cell's pooled "
         "condition (seg: its class histogram; edge, layout, keypoints: the mean map) from its quantized condition "
         "feature alone (loss.cond_cell_weight), so a condition code names its own cell's content rather than leaving "
         "it to D_c's context.  true: on (refused for text and audio, whose latents are not pixel patches); "
-        "'spatial': on for seg, edge, keypoints and layout, off for text and audio; false: off")
+        "'spatial': on for seg, edge, keypoints and layout, off for text and audio; false: off", ours=True)
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 

@@ -24,8 +24,10 @@ Modes (``GumbelConfig.mode``)
   gradient with respect to W is ``one_hot^T g`` (the soft part carries gradient only towards y, which is detached).  So
   pass 2 is fed the token ids ``where(replaced, argmax(log p + g), gold)`` directly: the same draws from
   ``generator``, the same loss and the same gradients (``tests/test_gumbel.py`` checks both paths agree), without the
-  ``B x t x V`` softmax and the ``B x t x V x D`` soft embedding.  ``tau`` is still annealed and logged; it only shapes
-  gradients on the slow path.
+  ``B x t x V`` softmax and the ``B x t x V x D`` soft embedding.  ``training_loss(..., token_fast_path=False)`` builds
+  the embeddings instead (the exactness test and ``iqvae bench train``).  ``tau`` then shapes neither a value nor a
+  gradient, so the ``tau_*`` options refuse a non-default value there and ``gs_tau`` is logged only where tau acts
+  (``hard=false`` or ``first_pass_grad=true``).
 
 ``pkeep``    taming-transformers' random corruption: each input token is kept with probability ``pkeep`` and
              otherwise replaced by a uniformly random image code; the loss is against the gold sequence.
@@ -51,12 +53,14 @@ with ``s = step - warmup_steps`` and the teacher-forcing decays of Bengio et al.
 * ``constant``:    tf = 0                                        -> rate = max_rate after warm-up
 
 ``tau(step)`` anneals the Gumbel-softmax temperature from ``tau_start`` to ``tau_end`` over ``tau_anneal_steps``:
-``exponential`` (geometric interpolation), ``linear``, or ``constant`` (always ``tau_start``).
+``exponential`` (geometric interpolation), ``linear``, or ``constant`` (always ``tau_start``); only with soft samples
+(``hard=false``) or a gradient into pass 1 (``first_pass_grad=true``), see :func:`tau_acts`.
 None of the schedule constants are given in the paper (only threshold 0.9 and every 4); the defaults here are ours.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -64,7 +68,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import opt
+from ..config import check_bounds, field_default, opt
 from ..errors import ConfigError, IQVAEError
 
 
@@ -88,7 +92,8 @@ class GumbelConfig:
     )
     max_rate: float = opt(1.0, "gumbel: cap on the replace rate (fraction of candidates replaced), in [0, 1]")
     warmup_steps: int = opt(0, "gumbel: replace rate is 0 before this step; schedules start counting here")
-    tau_start: float = opt(1.0, "Gumbel-softmax temperature at step 0")
+    tau_start: float = opt(1.0, "Gumbel-softmax temperature at step 0 (acts only with hard=false or "
+                                "first_pass_grad=true, like every tau_* option)")
     tau_end: float = opt(0.5, "Gumbel-softmax temperature after tau_anneal_steps")
     tau_anneal_steps: int = opt(30000, "steps over which tau goes from tau_start to tau_end")
     tau_schedule: Literal["exponential", "linear", "constant"] = opt(
@@ -98,10 +103,6 @@ class GumbelConfig:
     first_pass_grad: bool = opt(
         False, "gumbel: let pass-2 gradients flow through the samples into pass 1 (otherwise pass 1 runs no_grad)"
     )
-    token_fast_path: bool = opt(
-        True, "gumbel: with hard and no first_pass_grad, feed sampled token ids (exactly equal loss and gradients); "
-        "false always builds the straight-through embeddings"
-    )
     pkeep: float = opt(0.9, "pkeep: probability of keeping each gold input token (taming-transformers)")
     rq_soft_temperature: float = opt(
         1.0, "rq-soft: temperature of q(k) = softmax(-||e_gold - e_k||^2 / T) over the raw image codebook"
@@ -110,20 +111,9 @@ class GumbelConfig:
     rq_stochastic_codes: bool = opt(True, "rq-soft: feed codes sampled from q instead of the gold codes")
 
     def validate(self) -> None:
-        def positive(name: str, integer: bool = False, allow_zero: bool = False) -> None:
-            v = getattr(self, name)
-            ok = (v >= 0 if allow_zero else v > 0) and (not integer or isinstance(v, int))
-            if not ok:
-                kind = "an integer" if integer else "a number"
-                raise ConfigError(f"option '{name}' must be {kind} {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-
-        positive("every", integer=True)
-        positive("linear_steps", integer=True)
-        positive("tau_anneal_steps", integer=True)
-        positive("warmup_steps", integer=True, allow_zero=True)
-        positive("tau_start")
-        positive("tau_end")
-        positive("rq_soft_temperature")
+        check_bounds(self, ("every", "linear_steps", "tau_anneal_steps"), strict=True, integer=True)
+        check_bounds(self, ("warmup_steps",), integer=True)
+        check_bounds(self, ("tau_start", "tau_end", "rq_soft_temperature"), strict=True)
         if not 0.0 < self.exp_k < 1.0:
             raise ConfigError(f"option 'exp_k' must be in (0, 1), got {self.exp_k!r}")
         if not self.sigmoid_k >= 1.0:
@@ -134,6 +124,19 @@ class GumbelConfig:
             raise ConfigError(f"option 'pkeep' must be in [0, 1], got {self.pkeep!r}")
         if math.isnan(self.threshold):
             raise ConfigError("option 'threshold' must be a number (R lies in [-1, 1]; > 1 disables replacement)")
+        if not tau_acts(self):
+            for f in dataclasses.fields(self):
+                if f.name.startswith("tau_") and getattr(self, f.name) != field_default(f):
+                    raise ConfigError(
+                        f"option 'gumbel.{f.name}' has no effect with gumbel.hard=true and "
+                        "gumbel.first_pass_grad=false (the defaults): the samples are then exact tokens and tau "
+                        "shapes neither their value nor a gradient; set hard=false or first_pass_grad=true to use it"
+                    )
+
+
+def tau_acts(cfg: GumbelConfig) -> bool:
+    """Whether the temperature changes anything: soft samples, or a gradient through the samples into pass 1."""
+    return not cfg.hard or cfg.first_pass_grad
 
 
 # ---------------------------------------------------------------------------------------------- schedules
@@ -229,49 +232,52 @@ def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
-def gumbel_mix(
-    model,
-    cond: torch.Tensor,
-    image: torch.Tensor,
-    step: int,
-    cfg: GumbelConfig,
-    codebook: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def _replace_mask(
+    probs: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig, codebook: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3: the candidates ``R > threshold`` and the replaced positions, a ``replace_rate(step)`` coin per
+    candidate drawn from ``generator``; returns (candidates, replace), both ``(B, t)`` bool."""
+    R = reliability(probs, image, codebook)
+    candidates = R > cfg.threshold
+    coin = _uniform(candidates.shape, probs, generator) < replace_rate(step, cfg)
+    return candidates, candidates & coin
+
+
+def gumbel_stats(step: int, cfg: GumbelConfig, candidates: torch.Tensor | None = None,
+                 replace: torch.Tensor | None = None) -> dict[str, float]:
+    """The logged Gumbel statistics of a step: candidate and replaced fractions (0 and ``gs_applied=0`` on a step
+    without Gumbel sampling, ``candidates=None``), the replace rate, and tau where it acts (:func:`tau_acts`)."""
+    if candidates is None or replace is None:
+        stats = {"gs_candidates": 0.0, "gs_replaced": 0.0}
+    else:
+        n = float(candidates.numel())
+        stats = {"gs_candidates": float(candidates.sum()) / n, "gs_replaced": float(replace.sum()) / n}
+    if tau_acts(cfg):
+        stats["gs_tau"] = tau(step, cfg)
+    stats["gs_rate"] = replace_rate(step, cfg)
+    stats["gs_applied"] = 1.0 if candidates is not None else 0.0
+    return stats
+
+
+def gumbel_mix(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
+               codebook: torch.Tensor | None, generator: torch.Generator | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Steps 1-3 of the Gumbel mode: returns (mixed image embeddings (B, t, C), replaced mask (B, t), stats)."""
     with torch.set_grad_enabled(cfg.first_pass_grad and torch.is_grad_enabled()):
         logits1 = model(cond, image)
     probs = torch.softmax(logits1.detach().float(), dim=-1)
-    R = reliability(probs, image, codebook)
-    candidates = R > cfg.threshold
-    rate = replace_rate(step, cfg)
-    coin = _uniform(candidates.shape, probs, generator) < rate
-    replace = candidates & coin
-    t_now = tau(step, cfg)
-    y = gumbel_softmax_sample(logits1, t_now, cfg.hard, generator)
+    candidates, replace = _replace_mask(probs, image, step, cfg, codebook, generator)
+    y = gumbel_softmax_sample(logits1, tau(step, cfg), cfg.hard, generator)
     # sync-free mixing (no boolean indexing); the sample embedding costs B*t*V*D MACs, small next to a forward pass
     raw = getattr(model, "module", model)  # DistributedDataParallel wraps the GPT: its methods live on .module
     mixed = torch.where(replace.unsqueeze(-1), raw.embed_image_soft(y), raw.wte_image(image))
-    n = float(candidates.numel())
-    stats = {
-        "gs_candidates": float(candidates.sum()) / n,
-        "gs_replaced": float(replace.sum()) / n,
-        "gs_tau": t_now,
-        "gs_rate": rate,
-        "gs_applied": 1.0,
-    }
-    return mixed, replace, stats
+    return mixed, replace, gumbel_stats(step, cfg, candidates, replace)
 
 
-def gumbel_mix_tokens(
-    model,
-    cond: torch.Tensor,
-    image: torch.Tensor,
-    step: int,
-    cfg: GumbelConfig,
-    codebook: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def gumbel_mix_tokens(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
+                      codebook: torch.Tensor | None, generator: torch.Generator | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The token fast path of :func:`gumbel_mix` (``hard`` and no ``first_pass_grad``): returns (mixed token ids
     (B, t), replaced mask (B, t), stats), drawing the same random numbers in the same order as :func:`gumbel_mix`."""
     if not cfg.hard or cfg.first_pass_grad:
@@ -279,24 +285,11 @@ def gumbel_mix_tokens(
     with torch.no_grad():
         logits1 = model(cond, image).float()
         probs = torch.softmax(logits1, dim=-1)
-        R = reliability(probs, image, codebook)
-        candidates = R > cfg.threshold
-        rate = replace_rate(step, cfg)
-        coin = _uniform(candidates.shape, probs, generator) < rate
-        replace = candidates & coin
-        t_now = tau(step, cfg)
+        candidates, replace = _replace_mask(probs, image, step, cfg, codebook, generator)
         # argmax((log p + g) / tau) = argmax(logits + g): log_softmax and tau do not move the argmax
         sample = (logits1 + _gumbel_noise(logits1, generator)).argmax(-1)
         mixed = torch.where(replace, sample, image)
-    n = float(candidates.numel())
-    stats = {
-        "gs_candidates": float(candidates.sum()) / n,
-        "gs_replaced": float(replace.sum()) / n,
-        "gs_tau": t_now,
-        "gs_rate": rate,
-        "gs_applied": 1.0,
-    }
-    return mixed, replace, stats
+    return mixed, replace, gumbel_stats(step, cfg, candidates, replace)
 
 
 def rq_soft_targets(image: torch.Tensor, codebook: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -308,19 +301,15 @@ def rq_soft_targets(image: torch.Tensor, codebook: torch.Tensor, temperature: fl
     return torch.softmax(-d2 / temperature, dim=-1)
 
 
-def training_loss(
-    model,
-    cond: torch.Tensor,
-    image: torch.Tensor,
-    step: int,
-    cfg: GumbelConfig,
-    codebook: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+def training_loss(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
+                  codebook: torch.Tensor | None, generator: torch.Generator | None = None, *,
+                  token_fast_path: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Transformer training loss for one batch under ``cfg.mode``; returns (scalar loss, stats to log).
 
     ``codebook`` (V, D) is the image codebook of the tokenizer (needed by ``rq-soft``; for ``gumbel`` it defines
     the reliability, ``None`` meaning orthonormal codes).  Random draws come from ``generator``.
+    ``token_fast_path=False`` builds the straight-through embeddings even where feeding token ids is exact (``hard``
+    and no ``first_pass_grad``): the same loss and gradients, slower; for the exactness test and ``iqvae bench train``.
     """
     V = getattr(model, "module", model).config.image_vocab  # DDP-wrapped or not
     if cfg.mode == "teacher":
@@ -328,10 +317,8 @@ def training_loss(
 
     if cfg.mode == "gumbel":
         if step % cfg.every != 0:
-            stats = {"gs_candidates": 0.0, "gs_replaced": 0.0, "gs_tau": tau(step, cfg),
-                     "gs_rate": replace_rate(step, cfg), "gs_applied": 0.0}
-            return _ce(model(cond, image), image), stats
-        if cfg.hard and not cfg.first_pass_grad and cfg.token_fast_path:
+            return _ce(model(cond, image), image), gumbel_stats(step, cfg)
+        if token_fast_path and not tau_acts(cfg):
             tokens, _, stats = gumbel_mix_tokens(model, cond, image, step, cfg, codebook, generator)
             return _ce(model(cond, tokens), image), stats
         mixed, _, stats = gumbel_mix(model, cond, image, step, cfg, codebook, generator)

@@ -23,7 +23,7 @@ from ..config import opt, to_dict
 from ..errors import ConfigError
 from ..machine import machine_info
 from ..metrics.nll import validation_nll
-from ..models.gpt import GPT, GPTConfig
+from ..models.gpt import GPT, GPTConfig, GPTOptions
 from .common import prepare_run_dir, LoopConfig, RunLog, Timer, batch_indices, lr_at, make_accelerator, set_lr, shard, write_json
 from .gumbel import GumbelConfig, training_loss
 
@@ -32,28 +32,9 @@ MODEL_KIND = GPT.checkpoint_kind
 
 
 @dataclass
-class GPTSize:
-    """Transformer size; vocabularies and sequence lengths come from the token codes."""
-
-    n_layer: int = opt(4, "transformer blocks (paper: 24)")
-    n_head: int = opt(4, "attention heads")
-    n_embd: int = opt(128, "width (paper: 1024)")
-    dropout: float = opt(0.0, "dropout in attention and MLP")
-    bias: bool = opt(True, "bias in linear layers and LayerNorm")
-    pos_init: str = opt("normal", "position table init: 'normal' (GPT-2) or 'spatial' (2-D sin/cos of the grid "
-                        "location; see docs/design.md)")
-    cond_align: bool = opt(False, "add the aligned condition token's embedding to each image slot's input (not in "
-                           "the paper; see docs/design.md)")
-    above_input: bool = opt(False, "add a map of the embedding of the image token one grid row above to each image "
-                            "slot's input (not in the paper; see docs/design.md)")
-    above_window: int = opt(1, "with above_input: tokens of the row above fed to each slot, from directly above "
-                            "going right (not in the paper; see docs/design.md)")
-
-
-@dataclass
 class TransformerRunConfig:
     codes: str = opt("", "folder written by `iqvae encode` (set by --codes)")
-    model: GPTSize = field(default_factory=GPTSize)
+    model: GPTOptions = field(default_factory=GPTOptions)
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     val_batches: int = opt(8, "validation batches for the NLL (0: the whole split)")
@@ -63,13 +44,9 @@ class TransformerRunConfig:
             raise ConfigError(f"option 'val_batches' must be >= 0, got {self.val_batches}")
 
 
-def gpt_config(size: GPTSize, meta: dict[str, Any]) -> GPTConfig:
-    return GPTConfig(cond_vocab=meta["cond_vocab"], image_vocab=meta["image_vocab"], n_cond=meta["n_cond"],
-                     n_image=meta["n_image"], n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
-                     dropout=size.dropout, bias=size.bias, pos_init=size.pos_init, cond_align=size.cond_align,
-                     above_input=size.above_input, above_window=size.above_window,
-                     image_grid=[int(g) for g in meta.get("tokens_shape", [])]
-                     if size.pos_init == "spatial" or size.above_input else [])
+def gpt_config(options: GPTOptions, meta: dict[str, Any]) -> GPTConfig:
+    """The GPT's config: the run's ``model`` options on the token codes described by ``meta``."""
+    return GPTConfig.from_options(options, meta)
 
 
 def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
