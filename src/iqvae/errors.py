@@ -19,3 +19,7 @@ class DataError(IQVAEError, ValueError):
 
 class CheckpointError(IQVAEError, ValueError):
     """A checkpoint is missing, incomplete, or of another kind / variant than expected."""
+
+
+class NonFiniteError(IQVAEError, ArithmeticError):
+    """A training step gave a NaN/Inf loss term or gradient; the message names the step and the term(s)."""
