@@ -197,14 +197,12 @@ def guarded_step(acc: Any, optimizer: Any, module: torch.nn.Module, terms: dict[
     ``sync_gradients`` false) nothing is clipped and only the loss terms are checked.  A non-finite value drops the
     module's gradients and raises :class:`BadUpdate` instead of stepping.
     """
-    norm = None
-    if acc.sync_gradients:
-        if clip:
-            norm = acc.clip_grad_norm_(module.parameters(), clip)
-        elif acc.scaler is None:
-            norm = grad_norm(module)
-        if acc.scaler is not None:
-            norm = None  # fp16: the loss scaler skips overflowing steps itself
+    sync = acc.sync_gradients  # false on accumulation micro-steps, where accelerate's optimizer step is a no-op
+    norm = acc.clip_grad_norm_(module.parameters(), clip) if sync and clip else None
+    if acc.scaler is not None:
+        norm = None  # fp16: the loss scaler skips steps whose gradients overflow itself
+    elif sync and norm is None:
+        norm = grad_norm(module)
     values = {k: torch.as_tensor(v).detach().float().reshape(-1) for k, v in terms.items()}
     if norm is not None:
         values["gradient norm"] = torch.as_tensor(norm).detach().float().reshape(-1)

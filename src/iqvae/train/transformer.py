@@ -25,8 +25,8 @@ from ..config import from_dict, opt, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..models.gpt import GPT, GPTConfig
 from .common import LoopConfig, StepBatches, set_lr
-from .loop import Run, fit, guarded_step, open_run, restore
 from .gumbel import GumbelConfig, training_loss
+from .loop import Run, fit, guarded_step, open_run, restore
 
 TRAIN_KIND = "iqvae-transformer-train"
 MODEL_KIND = "iqvae-transformer"
