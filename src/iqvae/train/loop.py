@@ -60,7 +60,7 @@ class Stage(Protocol):
 
     kind: str  # checkpoint kind of checkpoints/last
     model_kind: str  # checkpoint kind of the final model
-    parts: dict[str, Any]  # what checkpoints/last holds besides "rng" and "step": name -> model / optimizer
+    parts: dict[str, Any]  # checkpoints/last besides "rng" and "step": name -> model / optimizer ("model": the weights)
     total: int  # steps in all
 
     def header(self) -> dict[str, Any]:
