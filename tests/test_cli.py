@@ -28,7 +28,11 @@ def test_help_lists_every_training_option(capsys):
     (["train-tokenizer", "--run-dir", "X", "--set", "train.steps=zero"], "'train.steps' expects an integer"),
     (["train-tokenizer", "--run-dir", "X", "--preset", "huge"], "unknown preset 'huge'"),
     (["train-tokenizer", "--run-dir", "X", "--cond", "smell"], "must be one of"),
-    (["train-tokenizer", "--run-dir", "X", "--set", "train.grad_accum=2"], "'train.grad_accum' is not supported"),
+    # each stage's train options are only the ones it reads
+    (["train-tokenizer", "--run-dir", "X", "--set", "train.grad_accum=2"], "unknown option 'train.grad_accum'"),
+    (["train-tokenizer", "--run-dir", "X", "--set", "train.val_every=2"], "unknown option 'train.val_every'"),
+    (["train-transformer", "--run-dir", "X", "--set", "train.image_every=2"], "unknown option 'train.image_every'"),
+    (["train-tokenizer", "--run-dir", "X", "--set", "train.device=gpu"], "'train.device' must be auto, cpu, cuda"),
     (["train-transformer", "--run-dir", "X"], "pass --codes"),
     (["train-transformer", "--run-dir", "X", "--codes", "/nonexistent"], "run `iqvae encode` first"),
     (["encode", "--tokenizer", "/nonexistent", "--out", "X"], "not a checkpoint folder"),

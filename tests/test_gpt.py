@@ -32,7 +32,7 @@ def test_paper_preset_defaults():
 def test_options_declared_once_and_joined_with_the_codes():
     """GPTConfig = GPTOptions (what a user sets, the run config's ``model`` section) + what the token codes fix."""
     from iqvae.models.gpt import GPTOptions
-    from iqvae.train.transformer import TransformerRunConfig, gpt_config
+    from iqvae.train.transformer import TransformerRunConfig
 
     option_names = [f.name for f in dataclasses.fields(GPTOptions)]
     assert option_names == ["n_layer", "n_head", "n_embd", "dropout", "bias", "pos_init", "cond_align", "above_input",
@@ -44,12 +44,12 @@ def test_options_declared_once_and_joined_with_the_codes():
     meta = {"cond_vocab": 9, "image_vocab": 10, "n_cond": 16, "n_image": 32, "tokens_shape": [4, 4, 2]}
     opts = GPTOptions(n_layer=1, n_head=2, n_embd=8, dropout=0.1, bias=False, pos_init="spatial", cond_align=True,
                       above_input=True, above_window=2)
-    cfg = gpt_config(opts, meta)
+    cfg = GPTConfig.from_options(opts, meta)
     assert cfg == GPTConfig(cond_vocab=9, image_vocab=10, n_cond=16, n_image=32, image_grid=[4, 4, 2], n_layer=1,
                             n_head=2, n_embd=8, dropout=0.1, bias=False, pos_init="spatial", cond_align=True,
                             above_input=True, above_window=2)
     # the grid is kept only where an option reads it (as before: saved configs stay the same)
-    assert gpt_config(GPTOptions(n_layer=1, n_head=2, n_embd=8), meta).image_grid == []
+    assert GPTConfig.from_options(GPTOptions(n_layer=1, n_head=2, n_embd=8), meta).image_grid == []
     # a saved model config (flat, every constructor argument) still loads
     saved = {"above_input": False, "above_window": 1, "bias": True, "cond_align": False, "cond_vocab": 9,
              "dropout": 0.0, "image_grid": [], "image_vocab": 10, "n_cond": 16, "n_embd": 8, "n_head": 2,

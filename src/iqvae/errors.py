@@ -23,3 +23,7 @@ class CheckpointError(IQVAEError, ValueError):
 
 class ShapeError(IQVAEError, ValueError):
     """A tensor argument has the wrong number of dimensions or sizes that do not match each other."""
+
+
+class NonFiniteError(IQVAEError, ArithmeticError):
+    """A training step gave a NaN/Inf loss term or gradient; the message names the step and the term(s)."""

@@ -10,9 +10,9 @@ def preset_rows() -> list[dict]:
 
     from .config import additions, build_config, list_presets
     from .data.record import ConditionSpec
-    from .models.gpt import GPT
+    from .models.gpt import GPT, GPTConfig
     from .train.tokenizer import TokenizerRunConfig
-    from .train.transformer import TransformerRunConfig, gpt_config
+    from .train.transformer import TransformerRunConfig
 
     rows = []
     for name in list_presets():
@@ -28,7 +28,7 @@ def preset_rows() -> list[dict]:
             from .models.tokenizer import IQVAE
 
             tok_params = sum(p.numel() for p in IQVAE(m, ConditionSpec("seg", 8)).parameters())
-            gpt_params = sum(p.numel() for p in GPT(gpt_config(gpt.model, meta)).parameters())
+            gpt_params = sum(p.numel() for p in GPT(GPTConfig.from_options(gpt.model, meta)).parameters())
         rows.append({
             "preset": name, "resolution": m.resolution, "tokens": f"{grid}x{grid}" + (f"x{depth}" if depth > 1 else ""),
             "codebook": f"{m.num_codes}x{m.embed_dim}", "tokenizer_params": tok_params,

@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ from ..errors import ConfigError
 
 @dataclass
 class LoopConfig:
-    """Options common to both training commands."""
+    """Options both training commands read; each stage's config adds its own (``train.image_every`` for the
+    tokenizer, ``train.grad_accum`` and ``train.val_every`` for the transformer)."""
 
     steps: int = opt(2000, "optimizer steps in all (the paper trains by epochs: set `epochs` to use that instead)")
     epochs: float | None = opt(None, "if set, steps = ceil(epochs * train items / batch_size)")
@@ -40,22 +42,23 @@ class LoopConfig:
     lr_schedule: str = opt("constant", "constant | cosine (decay to lr_min after warm-up)")
     lr_min: float = opt(0.0, "final learning rate of the cosine schedule")
     grad_clip: float | None = opt(None, "clip the global gradient norm to this value")
-    grad_accum: int = opt(1, "transformer: gradient accumulation (accelerate); each step is then one micro-batch "
-                             "and the optimizer steps every grad_accum steps (the tokenizer refuses values > 1)")
+    max_bad_steps: int = opt(0, "steps with a non-finite (NaN/Inf) loss term or gradient that are skipped (no "
+                                "optimizer step, no checkpoint) before the run stops with an error naming the step")
     mixed_precision: str = opt("no", "no | bf16 | fp16 autocast (GPU)")
     seed: int = opt(0, "seed of the batch order and of torch's RNG")
     log_every: int = opt(10, "write a CSV / TensorBoard row every N steps")
     checkpoint_every: int = opt(200, "save a resumable checkpoint every N steps (and at the end)")
-    image_every: int = opt(500, "save an image grid every N steps (0: never)")
-    val_every: int = opt(0, "validate every N steps (0: only at the end)")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N (single process; accelerate picks devices itself)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N (cuda:N: that GPU, for a single process; under "
+                              "`accelerate launch` each process gets its own GPU)")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
     tensorboard: bool = opt(True, "also write TensorBoard logs when the tensorboard package is installed")
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "grad_accum"):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option 'train.{name}' must be at least 1, got {getattr(self, name)}")
+        if self.max_bad_steps < 0:
+            raise ConfigError(f"option 'train.max_bad_steps' must be >= 0, got {self.max_bad_steps}")
         if self.lr <= 0:
             raise ConfigError(f"option 'train.lr' must be positive, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -64,6 +67,7 @@ class LoopConfig:
             raise ConfigError(f"option 'train.mixed_precision' must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"option 'train.epochs' must be positive, got {self.epochs}")
+        cuda_index(self.device)  # checks the spelling
 
     def total_steps(self, num_items: int) -> int:
         if self.epochs is None:
@@ -188,25 +192,52 @@ def read_log(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"option 'train.device' is {name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:(\d+))$")
 
 
-def make_accelerator(cfg: LoopConfig):
+def cuda_index(device: str) -> int | None:
+    """The N of ``cuda:N`` (None for auto, cpu and cuda); any other spelling is a :class:`ConfigError`."""
+    m = _DEVICE.match(device)
+    if m is None:
+        raise ConfigError(f"option 'train.device' must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return None if m.group(2) is None else int(m.group(2))
+
+
+def resolve_device(device: str) -> tuple[bool, int | None]:
+    """``train.device`` on this machine: (run on the CPU, the GPU index of ``cuda:N`` or None).  Asking for a GPU
+    that is not there is a :class:`ConfigError`; ``cuda:N`` is for a single process (under ``accelerate launch`` or
+    ``torchrun`` each process gets its own GPU)."""
+    index = cuda_index(device)
+    if device == "auto":
+        return not torch.cuda.is_available(), None
+    if device == "cpu":
+        return True, None
+    if not torch.cuda.is_available():
+        raise ConfigError(f"option 'train.device' is {device!r} but CUDA is not available on this machine")
+    if index is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"option 'train.device' is {device!r}, which picks the GPU of a single process; with "
+                              "several processes (accelerate launch / torchrun) use train.device=cuda or auto")
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"option 'train.device' is {device!r} but this machine has {count} GPU(s) "
+                              f"(cuda:0 .. cuda:{count - 1})")
+    return False, index
+
+
+def make_accelerator(cfg: LoopConfig, grad_accum: int = 1):
     """An accelerate Accelerator for this run (one process unless started with ``accelerate launch``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    cpu, index = resolve_device(cfg.device)
+    if index is not None:
+        torch.cuda.set_device(index)  # a single process: accelerate then places everything on the current GPU
     mp = cfg.mixed_precision if not cpu else "no"
     return Accelerator(
         cpu=cpu,
         mixed_precision=mp,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 

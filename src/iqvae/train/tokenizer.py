@@ -14,19 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import opt, to_dict
 from ..data.config import DataConfig, build_dataset
 from ..data.record import collate
 from ..errors import ConfigError
 from ..losses.vqgan import LossConfig, VQGANLoss
-from ..machine import machine_info
 from ..models.tokenizer import IQVAE, IQVAEConfig
-from .common import prepare_run_dir, LoopConfig, RunLog, StepBatches, Timer, lr_at, make_accelerator, set_lr, write_json
+from .common import LoopConfig, StepBatches, set_lr
+from .loop import Run, fit, guarded_step, open_run, restore
 
 TRAIN_KIND = "iqvae-tokenizer-train"
 MODEL_KIND = IQVAE.checkpoint_kind
@@ -44,17 +43,27 @@ class PerceptualConfig:
 
 
 @dataclass
+class TokenizerTrainConfig(LoopConfig):
+    """The tokenizer's loop options (its generator and discriminator steps alternate: no gradient accumulation; use
+    a larger batch_size or more processes)."""
+
+    image_every: int = opt(500, "save an image grid every N steps (0: never)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.image_every < 0:
+            raise ConfigError(f"option 'train.image_every' must be >= 0, got {self.image_every}")
+
+
+@dataclass
 class TokenizerRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: IQVAEConfig = field(default_factory=IQVAEConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
 
     def validate(self) -> None:
-        if self.train.grad_accum != 1:
-            raise ConfigError("option 'train.grad_accum' is not supported by the tokenizer (its generator and "
-                              "discriminator steps alternate); use a larger batch_size or more processes")
         if self.model.resolution != self.data.resolution:
             raise ConfigError(
                 f"option 'model.resolution' ({self.model.resolution}) must equal 'data.resolution' ({self.data.resolution})"
@@ -80,126 +89,93 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, *, resume: boo
 
     ``stop_after`` ends the session after that many steps without finishing (tests use it to emulate a kill).
     """
-    from tqdm.auto import tqdm
-
-    from ..viz import bar_options
-
-    run_dir = Path(run_dir)
     t = cfg.train
-    acc = make_accelerator(t)
-    main = acc.is_main_process
-    say = (lambda msg: tqdm.write(f"[tokenizer] {msg}")) if main else (lambda msg: None)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    last = prepare_run_dir(run_dir, to_dict(cfg), resume=resume, main=main)
-
+    run = open_run("tokenizer", t, to_dict(cfg), run_dir, resume=resume)
     torch.manual_seed(t.seed)
     train_ds = build_dataset(cfg.data, "train")
-    spec = train_ds.condition_spec(cfg.data.cond)
-    model = IQVAE(cfg.model, spec)
-    loss_fn = VQGANLoss(cfg.loss, _build_lpips(cfg.perceptual, say))
-    disc = loss_fn.discriminator
+    model = IQVAE(cfg.model, train_ds.condition_spec(cfg.data.cond))
+    loss_fn = VQGANLoss(cfg.loss, _build_lpips(cfg.perceptual, run.say))
     opt_g = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
                               foreach=True)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
+    opt_d = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
+    parts = {"model": model, "disc": loss_fn.discriminator, "opt_g": opt_g, "opt_d": opt_d}
     total = t.total_steps(len(train_ds))
+    restore(run, TRAIN_KIND, parts, total)
+    stage = _TokenizerStage(cfg, run, train_ds, loss_fn, parts, total)
+    return fit(run, stage, progress=progress, stop_after=stop_after)
 
-    start = 0
-    if resume:
-        ck = load_checkpoint(last, TRAIN_KIND, with_train_state=True)
-        model.load_state_dict(ck.train_state["model"])
-        disc.load_state_dict(ck.train_state["disc"])
-        opt_g.load_state_dict(ck.train_state["opt_g"])
-        opt_d.load_state_dict(ck.train_state["opt_d"])
-        start = int(ck.train_state["step"])
-        say(f"resumed at step {start} of {total}")
 
-    # The tokenizer goes through DDP (its forward is called); the discriminator is called through VQGANLoss's
-    # methods, so its gradients are averaged across processes by hand (see _sync_grads).
-    model, opt_g, opt_d = acc.prepare(model, opt_g, opt_d)
-    loss_fn.to(acc.device)
-    raw_model: IQVAE = acc.unwrap_model(model)
-    raw_loss = loss_fn
-    loader = torch.utils.data.DataLoader(
-        train_ds,
-        batch_sampler=StepBatches(start, total, t.batch_size, len(train_ds), t.seed, acc.process_index, acc.num_processes),
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-    )
-    log = RunLog(run_dir, "tokenizer", resume_step=start if resume else None, tensorboard=t.tensorboard, enabled=main)
+class _TokenizerStage:
+    """Stage 1's part of the loop (see :class:`~iqvae.train.loop.Stage`): a generator step (the IQ-VAE, Eq. 3), then
+    a discriminator step once the adversarial terms are on."""
 
-    def save(step: int) -> None:
-        acc.wait_for_everyone()
-        if not main:
-            return
-        state = {
-            "model": raw_model.state_dict(), "disc": raw_loss.discriminator.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng_state(), "step": step,
-        }
-        save_checkpoint(last, kind=TRAIN_KIND, config=_model_header(cfg, raw_model), model_state=raw_model.state_dict(),
-                        meta={"step": step, "total": total}, train_state=state)
+    kind, model_kind = TRAIN_KIND, MODEL_KIND
 
-    timer = Timer()
-    bar = tqdm(total=total, initial=start, desc="tokenizer", disable=not (progress and main), **bar_options())
-    step = start
-    model.train()
-    batches = iter(loader)  # creating the iterator draws from torch's RNG: do it before restoring the RNG state
-    if resume:
-        set_rng_state(ck.train_state["rng"])
-    for step, batch in zip(range(start, total), batches):
+    def __init__(self, cfg: TokenizerRunConfig, run: Run, train_ds: Any, loss_fn: VQGANLoss, parts: dict[str, Any],
+                 total: int):
+        self.cfg, self.run, self.train_ds, self.parts, self.total = cfg, run, train_ds, parts, total
+        # The tokenizer goes through DDP (its forward is called); the discriminator is called through VQGANLoss's
+        # methods, so its gradients are averaged across processes by hand (see _sync_grads).
+        self.model, self.opt_g, self.opt_d = run.acc.prepare(parts["model"], parts["opt_g"], parts["opt_d"])
+        self.loss_fn = loss_fn.to(run.acc.device)
+        self.raw_model: IQVAE = run.acc.unwrap_model(self.model)
+
+    def header(self) -> dict[str, Any]:
+        return _model_header(self.cfg, self.raw_model)
+
+    def batches(self, start: int) -> Iterator[Any]:
+        t, acc = self.cfg.train, self.run.acc
+        sampler = StepBatches(start, self.total, t.batch_size, len(self.train_ds), t.seed, acc.process_index,
+                              acc.num_processes)
+        loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=self.cfg.data.num_workers)
+        self.model.train()
+        return iter(loader)
+
+    def step(self, step: int, batch: Any, lr: float) -> None:
+        acc, t, loss_fn = self.run.acc, self.cfg.train, self.loss_fn
         image = batch.image.to(acc.device)
-        cond = batch.cond[cfg.data.cond].to(acc.device)
-        lr = lr_at(step, t, total)
-        set_lr(opt_g, lr)
-        set_lr(opt_d, lr)
+        cond = batch.cond[self.cfg.data.cond].to(acc.device)
+        set_lr(self.opt_g, lr)
+        set_lr(self.opt_d, lr)
 
         with acc.autocast():
-            out = model(image, cond)
-            g_loss, logs = raw_loss.generator_loss(out, image, step, raw_model.last_layer)
-        opt_g.zero_grad(set_to_none=True)
+            out = self.model(image, cond)
+            g_loss, logs = loss_fn.generator_loss(out, image, step, self.raw_model.last_layer)
+        self.opt_g.zero_grad(set_to_none=True)
         acc.backward(g_loss)
-        if t.grad_clip:
-            acc.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt_g.step()
+        guarded_step(acc, self.opt_g, self.model, logs, part="generator", clip=t.grad_clip)
 
-        if raw_loss.disc_active(step):
+        if loss_fn.disc_active(step):
             with acc.autocast():
-                d_loss, d_logs = raw_loss.discriminator_loss(image, out.recon.detach(), step)
-            opt_d.zero_grad(set_to_none=True)
+                d_loss, d_logs = loss_fn.discriminator_loss(image, out.recon.detach(), step)
+            self.opt_d.zero_grad(set_to_none=True)
             acc.backward(d_loss)
-            _sync_grads(acc, disc)
-            opt_d.step()
+            _sync_grads(acc, loss_fn.discriminator)
+            guarded_step(acc, self.opt_d, loss_fn.discriminator, d_logs, part="discriminator")
             logs.update(d_logs)
 
+        self.logs, self.stats, self.g_loss = logs, out.stats, g_loss.detach()
         done = step + 1
-        if main and (done % t.log_every == 0 or done == total):
-            values = {k: float(v) for k, v in logs.items()}
-            values.update({k: float(v) for k, v in out.stats.items()})
-            values["lr"] = lr
-            log.log(step, values)
-            bar.set_postfix(loss=f"{g_loss.item():.4f}")
-        if main and t.image_every and (done % t.image_every == 0 or done == total):
-            _save_grid(run_dir / "images" / f"recon_{done:07d}.png", image, out.recon)
-        bar.update(1)
-        if done % t.checkpoint_every == 0 or done == total:
-            save(done)
-        if stop_after is not None and done - start >= stop_after:
-            bar.close()
-            log.close()
-            return last
-    bar.close()
-    log.close()
-    acc.wait_for_everyone()
-    final = run_dir / "tokenizer"
-    if main:
-        raw_model.eval()
-        save_checkpoint(final, kind=MODEL_KIND, config=_model_header(cfg, raw_model),
-                        model_state=raw_model.state_dict(), meta={"steps": total, "train_seconds": timer.elapsed()})
-        report = reconstruction_report(raw_model, cfg.data, split="val", device=acc.device)
-        report.update({"train_seconds": timer.elapsed(), "steps": total, "machine": machine_info()})
-        write_json(run_dir / "report.json", report)
-        say("reconstruction report: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
-    return final
+        if self.run.main and t.image_every and (done % t.image_every == 0 or done == self.total):
+            _save_grid(self.run.run_dir / "images" / f"recon_{done:07d}.png", image, out.recon)
+
+    def log_row(self, step: int, done: int, lr: float) -> dict[str, float]:
+        values = {k: float(v) for k, v in self.logs.items()}
+        values.update({k: float(v) for k, v in self.stats.items()})
+        values["lr"] = lr
+        return values
+
+    def bar_loss(self) -> str:
+        return f"{self.g_loss.item():.4f}"
+
+    def report(self, base: dict[str, Any]) -> dict[str, Any]:
+        self.raw_model.eval()
+        report = reconstruction_report(self.raw_model, self.cfg.data, split="val", device=self.run.acc.device)
+        report.update(base)
+        self.run.say("reconstruction report: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items()
+                                                            if isinstance(v, float)))
+        return report
 
 
 def _sync_grads(acc: Any, module: torch.nn.Module) -> None:

@@ -13,22 +13,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..codes import load_codebooks, load_codes, read_codes_meta
 from ..config import opt, to_dict
 from ..errors import ConfigError
-from ..machine import machine_info
 from ..metrics.nll import validation_nll
 from ..models.gpt import GPT, GPTConfig, GPTOptions
-from .common import prepare_run_dir, LoopConfig, RunLog, Timer, batch_indices, lr_at, make_accelerator, set_lr, shard, write_json
+from .common import LoopConfig, StepBatches, set_lr
 from .gumbel import GumbelConfig, training_loss
+from .loop import Run, fit, guarded_step, open_run, restore
 
 TRAIN_KIND = "iqvae-transformer-train"
 MODEL_KIND = GPT.checkpoint_kind
+
+
+@dataclass
+class TransformerTrainConfig(LoopConfig):
+    """The transformer's loop options."""
+
+    grad_accum: int = opt(1, "gradient accumulation (accelerate): each step is then one micro-batch and the "
+                             "optimizer steps every grad_accum steps")
+    val_every: int = opt(0, "validate every N steps (0: only at the end)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.grad_accum < 1:
+            raise ConfigError(f"option 'train.grad_accum' must be at least 1, got {self.grad_accum}")
+        if self.val_every < 0:
+            raise ConfigError(f"option 'train.val_every' must be >= 0, got {self.val_every}")
 
 
 @dataclass
@@ -36,7 +51,7 @@ class TransformerRunConfig:
     codes: str = opt("", "folder written by `iqvae encode` (set by --codes)")
     model: GPTOptions = field(default_factory=GPTOptions)
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     val_batches: int = opt(8, "validation batches for the NLL (0: the whole split)")
 
     def validate(self) -> None:
@@ -44,113 +59,93 @@ class TransformerRunConfig:
             raise ConfigError(f"option 'val_batches' must be >= 0, got {self.val_batches}")
 
 
-def gpt_config(options: GPTOptions, meta: dict[str, Any]) -> GPTConfig:
-    """The GPT's config: the run's ``model`` options on the token codes described by ``meta``."""
-    return GPTConfig.from_options(options, meta)
-
-
 def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                       stop_after: int | None = None) -> Path:
-    from tqdm.auto import tqdm
-
-    from ..viz import bar_options
-
-    run_dir = Path(run_dir)
+    """Train stage 2 in ``run_dir`` on the codes in ``cfg.codes``; returns the path of the final ``transformer/``
+    checkpoint.  ``stop_after`` ends the session after that many steps without finishing (as in the tokenizer)."""
     t = cfg.train
     if not cfg.codes:
         raise ConfigError("no token codes given: pass --codes DIR (written by `iqvae encode`)")
-    acc = make_accelerator(t)
-    main = acc.is_main_process
-    say = (lambda msg: tqdm.write(f"[transformer] {msg}")) if main else (lambda msg: None)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    last = prepare_run_dir(run_dir, to_dict(cfg), resume=resume, main=main)
-
+    run = open_run("transformer", t, to_dict(cfg), run_dir, resume=resume, grad_accum=t.grad_accum)
     meta = read_codes_meta(cfg.codes)
     train = load_codes(cfg.codes, "train")
     val = load_codes(cfg.codes, "val") if "val" in meta["splits"] else None
     codebook = load_codebooks(cfg.codes)["image"]
     torch.manual_seed(t.seed)
-    mcfg = gpt_config(cfg.model, meta)
+    mcfg = GPTConfig.from_options(cfg.model, meta)
     model = GPT(mcfg)
     optimizer = model.configure_optimizer(t.lr, (t.beta1, t.beta2), t.weight_decay)
+    parts = {"model": model, "opt": optimizer}
     total = t.total_steps(len(train))
-    start = 0
-    if resume:
-        ck = load_checkpoint(last, TRAIN_KIND, with_train_state=True)
-        model.load_state_dict(ck.train_state["model"])
-        optimizer.load_state_dict(ck.train_state["opt"])
-        start = int(ck.train_state["step"])
-        say(f"resumed at step {start} of {total}")
-    model, optimizer = acc.prepare(model, optimizer)
-    raw: GPT = acc.unwrap_model(model)
-    codebook = codebook.to(acc.device)
+    restore(run, TRAIN_KIND, parts, total)
     header = {"model": to_dict(mcfg), "codes": {**meta, "dir": str(Path(cfg.codes).resolve())}}
-    log = RunLog(run_dir, "transformer", resume_step=start if resume else None, tensorboard=t.tensorboard, enabled=main)
+    stage = _TransformerStage(cfg, run, parts, total, header, train, val, codebook)
+    return fit(run, stage, progress=progress, stop_after=stop_after)
 
-    def save(step: int) -> None:
-        acc.wait_for_everyone()
-        if main:
-            state = {"model": raw.state_dict(), "opt": optimizer.state_dict(), "rng": rng_state(), "step": step}
-            save_checkpoint(last, kind=TRAIN_KIND, config=header, model_state=raw.state_dict(),
-                            meta={"step": step, "total": total}, train_state=state)
 
-    timer = Timer()
-    bar = tqdm(total=total, initial=start, desc="transformer", disable=not (progress and main), **bar_options())
-    window: dict[str, float] = {}  # running sums of the logged values since the last log row
-    counts: dict[str, int] = {}
-    model.train()
-    if resume:  # restore the RNG state last, right before the first step
-        set_rng_state(ck.train_state["rng"])
-    for step in range(start, total):
-        idx = shard(batch_indices(step, t.batch_size, len(train), t.seed), acc.process_index, acc.num_processes)
-        cond, image = train.cond[idx].to(acc.device), train.image[idx].to(acc.device)
-        lr = lr_at(step, t, total)
-        set_lr(optimizer, lr)
-        with acc.accumulate(model):
+class _TransformerStage:
+    """Stage 2's part of the loop (see :class:`~iqvae.train.loop.Stage`): one step of the training loss of
+    ``gumbel.mode``; the log rows average the loss and the Gumbel statistics over the steps since the last row."""
+
+    kind, model_kind = TRAIN_KIND, MODEL_KIND
+
+    def __init__(self, cfg: TransformerRunConfig, run: Run, parts: dict[str, Any], total: int,
+                 header: dict[str, Any], train: Any, val: Any, codebook: torch.Tensor):
+        self.cfg, self.run, self.parts, self.total, self._header = cfg, run, parts, total, header
+        self.train, self.val = train, val
+        self.model, self.optimizer = run.acc.prepare(parts["model"], parts["opt"])
+        self.raw: GPT = run.acc.unwrap_model(self.model)
+        self.codebook = codebook.to(run.acc.device)
+        self.window: dict[str, float] = {}  # running sums of the logged values since the last log row
+        self.counts: dict[str, int] = {}
+
+    def header(self) -> dict[str, Any]:
+        return self._header
+
+    def batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        t, acc = self.cfg.train, self.run.acc
+        self.model.train()
+        sampler = StepBatches(start, self.total, t.batch_size, len(self.train), t.seed, acc.process_index,
+                              acc.num_processes)
+        return ((self.train.cond[idx].to(acc.device), self.train.image[idx].to(acc.device)) for idx in sampler)
+
+    def step(self, step: int, batch: tuple[torch.Tensor, torch.Tensor], lr: float) -> None:
+        acc, (cond, image) = self.run.acc, batch
+        set_lr(self.optimizer, lr)
+        with acc.accumulate(self.model):
             with acc.autocast():
-                loss, stats = training_loss(model, cond, image, step, cfg.gumbel, codebook)
+                loss, stats = training_loss(self.model, cond, image, step, self.cfg.gumbel, self.codebook)
             acc.backward(loss)
-            if t.grad_clip and acc.sync_gradients:
-                acc.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        window["loss"] = window.get("loss", 0.0) + loss.item()
+            guarded_step(acc, self.optimizer, self.model, {"loss": loss}, part="transformer",
+                         clip=self.cfg.train.grad_clip)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.loss = loss.item()
+        self.window["loss"] = self.window.get("loss", 0.0) + self.loss
         for k, v in stats.items():  # Gumbel statistics are averaged over the steps that apply it
             if k.startswith("gs_") and k not in ("gs_applied", "gs_rate", "gs_tau") and not stats.get("gs_applied"):
                 continue
-            window[k] = window.get(k, 0.0) + float(v)
-            counts[k] = counts.get(k, 0) + 1
-        counts["loss"] = counts.get("loss", 0) + 1
-        if main and (done % t.log_every == 0 or done == total):
-            values = {"lr": lr, **{k: v / counts[k] for k, v in window.items()}}
-            window.clear()
-            counts.clear()
-            if t.val_every and val is not None and done % t.val_every == 0:
-                values["val_nll_bits"] = validation_nll(raw, val.cond, val.image, batch_size=t.batch_size,
-                                                        max_batches=cfg.val_batches, device=acc.device)
-            log.log(step, values)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.update(1)
-        if done % t.checkpoint_every == 0 or done == total:
-            save(done)
-        if stop_after is not None and done - start >= stop_after:
-            bar.close()
-            log.close()
-            return last
-    bar.close()
-    log.close()
-    acc.wait_for_everyone()
-    final = run_dir / "transformer"
-    if main:
-        save_checkpoint(final, kind=MODEL_KIND, config=header, model_state=raw.state_dict(),
-                        meta={"steps": total, "train_seconds": timer.elapsed()})
-        report: dict[str, Any] = {"train_seconds": timer.elapsed(), "steps": total, "params": raw.num_params(),
-                                  "machine": machine_info()}
-        if val is not None:
-            report["val_nll_bits_per_token"] = validation_nll(raw, val.cond, val.image, batch_size=t.batch_size,
-                                                              max_batches=cfg.val_batches, device=acc.device)
-            say(f"validation NLL: {report['val_nll_bits_per_token']:.4f} bits/token")
-        write_json(run_dir / "report.json", report)
-    return final
+            self.window[k] = self.window.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.counts["loss"] = self.counts.get("loss", 0) + 1
+
+    def log_row(self, step: int, done: int, lr: float) -> dict[str, float]:
+        values = {"lr": lr, **{k: v / self.counts[k] for k, v in self.window.items()}}
+        self.window.clear()
+        self.counts.clear()
+        if self.cfg.train.val_every and self.val is not None and done % self.cfg.train.val_every == 0:
+            values["val_nll_bits"] = self._val_nll()
+        return values
+
+    def bar_loss(self) -> str:
+        return f"{self.loss:.3f}"
+
+    def report(self, base: dict[str, Any]) -> dict[str, Any]:
+        report = {**base, "params": self.raw.num_params()}
+        if self.val is not None:
+            report["val_nll_bits_per_token"] = self._val_nll()
+            self.run.say(f"validation NLL: {report['val_nll_bits_per_token']:.4f} bits/token")
+        return report
+
+    def _val_nll(self) -> float:
+        return validation_nll(self.raw, self.val.cond, self.val.image, batch_size=self.cfg.train.batch_size,
+                              max_batches=self.cfg.val_batches, device=self.run.acc.device)
