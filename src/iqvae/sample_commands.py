@@ -6,10 +6,11 @@ import argparse
 
 
 def condition_preview(cond, spec, resolution: int):
-    """A PIL picture of one condition tensor (for grids): the modality's :meth:`~iqvae.modalities.Modality.thumbnail`."""
+    """A PIL picture of one condition tensor (for grids): the modality's one renderer
+    (:meth:`~iqvae.modalities.Modality.render`, as in previews and the web demo)."""
     from .modalities import get_modality
 
-    return get_modality(spec.modality).thumbnail(cond, spec, resolution)
+    return get_modality(spec.modality).render(cond, spec, resolution)
 
 
 def caption_of(cond, spec) -> str | None:

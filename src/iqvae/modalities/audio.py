@@ -8,7 +8,6 @@ model's dataset's feature extractor.  Metric: MSE.
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image
 
 from ..errors import DataError
@@ -49,11 +48,6 @@ class Audio(Modality):
         m = (m - m.min()) / max(float(m.max() - m.min()), 1e-8)
         img = Image.fromarray(colormap(m[::-1]), "RGB")
         return img.resize((tile, tile), Image.BILINEAR)
-
-    def thumbnail(self, x, spec, size):  # grey, low frequencies at the bottom
-        x = x.float().cpu()
-        x = (x - x.min()) / (x.max() - x.min() + 1e-8)
-        return Image.fromarray((x.flip(0).numpy() * 255).astype(np.uint8)).convert("RGB").resize((size, size))
 
     def from_wav(self, path, spec, features):
         if features is None:

@@ -190,12 +190,6 @@ class Modality:
         """One condition tensor (no batch dimension) as an RGB ``tile`` x ``tile`` picture."""
         raise DataError(f"cannot preview modality '{self.name}'")
 
-    def thumbnail(self, x: torch.Tensor, spec: ConditionSpec, size: int) -> Image.Image:
-        """The condition column of ``iqvae sample`` grids and the demo report (``size`` = the model's resolution):
-        :meth:`render`, except where a modality keeps the plainer look those grids always had (keypoints, layout,
-        audio, text), so that sampled grids stay byte-identical; drop an override to unify."""
-        return self.render(x, spec, size)
-
     def caption(self, spec: ConditionSpec, cond: torch.Tensor) -> str | None:
         """The words of a text condition; None for other modalities."""
         return None

@@ -7,7 +7,6 @@ against each cell's mean.  Rendered as the max over channels, coloured by the ch
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from .base import Modality, register
 from .palette import label_colours, upscale
@@ -27,11 +26,6 @@ class Keypoints(Modality):
         win = maps.argmax(axis=0)
         rgb = cols[win] * maps.max(axis=0)[..., None]
         return upscale(np.round(rgb), tile)
-
-
-    def thumbnail(self, x, spec, size):  # grey: the max over keypoints
-        arr = (x.float().cpu().amax(0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
 
 
 KEYPOINTS = register(Keypoints())

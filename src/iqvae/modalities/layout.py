@@ -8,11 +8,10 @@ the classes whose boxes cover a pixel.  Metric: F1 at 0.5.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .base import register
 from .edge import BinaryMaps
-from .palette import colorize_labels, label_colours, upscale
+from .palette import label_colours, upscale
 
 
 class Layout(BinaryMaps):
@@ -27,12 +26,6 @@ class Layout(BinaryMaps):
         rgb = np.einsum("chw,cd->hwd", maps, cols) / np.maximum(count, 1)
         rgb[count[..., 0] > 0] = np.maximum(rgb[count[..., 0] > 0], 40)  # class 0 boxes stay visible
         return upscale(np.round(rgb), tile)
-
-
-    def thumbnail(self, x, spec, size):  # the highest class covering a pixel, in the label palette
-        x = x.float().cpu()
-        labels = (x * torch.arange(x.shape[0], dtype=torch.float32)[:, None, None]).amax(0).long()
-        return colorize_labels(labels.numpy(), x.shape[0])
 
 
 LAYOUT = register(Layout())

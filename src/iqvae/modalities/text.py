@@ -15,7 +15,6 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..errors import ConfigError, DataError
 from .base import Modality, register
@@ -137,9 +136,6 @@ class Text(Modality):
         text = TextVocab(spec.vocab).decode(ids) if spec is not None and spec.vocab else " ".join(
             str(i) for i in ids.tolist() if i)  # fmt: skip
         return text_tile(text, tile)
-
-    def thumbnail(self, x, spec, size):  # blank: ``iqvae sample`` prints the caption instead
-        return Image.new("RGB", (size, size), "white")
 
     def caption(self, spec, cond):
         words = spec.vocab or ()
