@@ -60,6 +60,14 @@ def test_json_keys_and_names(evaluated):
     assert not any(line.startswith(("| FID", "| KID", "| rFID")) for line in md.splitlines())
     assert "| FD-shapes-cnn |" in md and f"{SAMPLES} samples each" in md
     assert "sampling seed 7" in md and "top-k 100" in md
+    sh = m["shapes"]
+    scene = ("scene_accuracy", "scene_precision", "scene_recall")
+    assert set(sh["samples"]) == {"palette_accuracy", "mask_miou", "mode_coverage", *scene}
+    assert all(0.0 <= sh["samples"][k] <= 1.0 for k in scene)
+    assert {k: sh["real"][k] for k in scene} == dict.fromkeys(scene, 1.0)  # the oracle row: true images
+    assert sh["fit"] == ["palette_accuracy", "mask_miou", "mode_coverage"]
+    assert "| palette_accuracy (samples; real ceiling) [fits the condition] |" in md
+    assert "| scene_accuracy (samples; real ceiling) | " in md and "; 1 |" in md.split("| scene_accuracy")[1]
     # the classifier was trained once into the cache and is reused
     assert len(list((cache / "extractors").glob("shapes-32-*"))) == 1
 
@@ -145,3 +153,40 @@ def test_train_extractor_command(tmp_path, capsys):
     assert load_feature_classifier(out).name == "shapes-cnn"
     assert main(["train-extractor", "--world", "cub", "--out", str(out)]) == 2
     assert "--world" in capsys.readouterr().err
+
+
+def test_text_condition_is_judged_by_scene_accuracy(tmp_path):
+    """A text pipeline: the scene scores are marked as its fit metrics, the real row scores 1."""
+    import math
+
+    from iqvae.evaluation.evaluate import evaluate_model
+    from iqvae.evaluation.results import write_results
+    from iqvae.evaluation.samples import draw_samples
+    from iqvae.metrics.scene import scene_scores
+    from iqvae.models.gpt import GPT, GPTConfig
+    from iqvae.models.tokenizer import IQVAE, IQVAEConfig
+    from iqvae.pipeline import IQVAEPipeline
+
+    torch.manual_seed(0)
+    data = DataConfig(dataset="shapes", cond="text", resolution=16, train_size=4, val_size=4, test_size=4)
+    ds = build_dataset(data, "test")
+    cfg = IQVAEConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn=False, embed_dim=8,
+                      num_codes=16, text_width=16, text_layers=1, text_heads=1, sgw_projections=4)
+    tok = IQVAE(cfg, ds.condition_spec("text"))
+    tok.data_config = data
+    n = math.prod(tok.tokens_shape)
+    gpt = GPT(GPTConfig(cond_vocab=tok.num_cond_codes, image_vocab=tok.num_image_codes, n_cond=n, n_image=n,
+                        n_layer=1, n_head=1, n_embd=16))
+    IQVAEPipeline(tok, gpt).save_pretrained(tmp_path / "pipe")
+    res = evaluate_model(tmp_path / "pipe", conditions=2, samples=2, seed=3, recon_items=2)
+    sh = res["metrics"]["shapes"]
+    assert sh["fit"] == ["scene_accuracy", "mode_coverage"]
+    assert sh["real"]["scene_accuracy"] == sh["real"]["scene_recall"] == sh["real"]["scene_precision"] == 1.0
+    pipe = IQVAEPipeline.from_pretrained(tmp_path / "pipe")
+    s = draw_samples(pipe, ds, "text", num_conditions=2, samples_per_condition=2, seed=3)
+    direct = scene_scores(s.images.reshape(4, 3, 16, 16), [m for m in s.metas for _ in range(2)])
+    assert {k: sh["samples"][k] for k in direct} == pytest.approx(direct, abs=1e-12)
+    _, md = write_results(res, tmp_path / "eval")
+    text = md.read_text()
+    assert "| scene_accuracy (samples; real ceiling) [fits the condition] |" in text
+    assert "| mask_miou (samples; real ceiling) |" in text  # not a fit metric of text

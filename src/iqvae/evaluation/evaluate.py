@@ -17,8 +17,10 @@ Protocol (also written into both files):
   the pipeline's checkpoints); the codes of the evaluated split when present, else of ``val``.
 * reconstruction: the tokenizer on the first ``recon_items`` items: PSNR, SSIM, codebook usage / perplexity,
   condition reconstruction (:mod:`iqvae.metrics.tokenizer_report`) and rFD = FD(reals, reconstructions).
-* Shapes world: palette accuracy, mask mIoU, mode coverage of the samples; palette accuracy and mask mIoU of the
-  C real images (the ceiling).
+* Shapes world: palette accuracy, mask mIoU, mode coverage, scene accuracy / precision / recall of the samples;
+  all but mode coverage of the C real images (the ceiling); ``fit`` names the ones that judge the condition
+  (:attr:`iqvae.modalities.base.Modality.fit_metrics`: masks for spatial conditions, scene accuracy for text and
+  audio).
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     from ..data.config import build_dataset
     from ..machine import machine_info
     from ..metrics.tokenizer_report import reconstruction_metrics
+    from ..modalities import get_modality
     from ..pipeline import IQVAEPipeline
     from .samples import draw_samples, real_shapes_metrics, shapes_metrics
 
@@ -180,7 +183,8 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     out["reconstruction"] = {"available": True, **rec}
     if data.dataset == "shapes":
         seg = [ds[i].cond["seg"] for i in s.indices]
-        out["shapes"] = {"available": True, "samples": shapes_metrics(s, seg), "real": real_shapes_metrics(ds, c)}
+        out["shapes"] = {"available": True, "samples": shapes_metrics(s, seg), "real": real_shapes_metrics(ds, c),
+                         "fit": list(get_modality(cond).fit_metrics)}
     else:
         out["shapes"] = unavailable(f"exact metrics exist only for the Shapes world, not '{data.dataset}'")
     protocol = {

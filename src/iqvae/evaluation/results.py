@@ -35,9 +35,11 @@ def metric_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"reconstruction {key}", _f(r[key])))
     add(r["rfd"].get("name", "rFD"), r["rfd"], lambda e: _f(e["value"]))
     if m["shapes"].get("available"):
+        fit = m["shapes"].get("fit", [])
         for key, v in m["shapes"]["samples"].items():
             real = m["shapes"]["real"].get(key)
-            rows.append((f"{key} (samples; real ceiling)", f"{_f(v)}" + (f"; {_f(real)}" if real is not None else "")))
+            label = f"{key} (samples; real ceiling)" + (" [fits the condition]" if key in fit else "")
+            rows.append((label, f"{_f(v)}" + (f"; {_f(real)}" if real is not None else "")))
     else:
         rows.append(("Shapes exact metrics", f"n/a ({m['shapes']['reason']})"))
     return rows
@@ -65,6 +67,12 @@ def render_markdown(res: dict[str, Any]) -> str:
     lines += ["", "FD/KD are named after their extractor: \"FID\" only with the standard Inception weights. SWD: "
               "Karras et al.'s protocol, see metrics.json for the per-level values. LPIPS diversity: "
               + (res["metrics"]["lpips_diversity"].get("protocol", "n/a")) + "."]
+    if res["metrics"]["shapes"].get("available"):
+        lines += ["", "Shapes world: \"[fits the condition]\" marks the exact metrics that judge this condition: "
+                  "palette accuracy / mask mIoU / mode coverage for spatial conditions (they fix each object's pixels), "
+                  "scene accuracy / mode coverage for text and audio (they name class, size and 3 x 3 cell only). "
+                  "Scene accuracy: share of described objects found with their class's colour in their cell (mean "
+                  "over images); scene precision / recall: right objects / found / described objects (pooled)."]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,9 @@ Protocol: the first ``num_conditions`` items of the split (in order) are the con
 draws ``samples_per_condition`` images with the given sampler settings from one seeded generator.
 
 * Shapes world (exact): palette accuracy over every sampled object, mask adherence (mIoU between the condition's
-  segmentation and the one recovered from each sample), mode coverage (per condition, over its samples).
+  segmentation and the one recovered from each sample), mode coverage (per condition, over its samples), and the
+  object-level scene accuracy / precision / recall (:mod:`iqvae.metrics.scene`: the objects found in each sample
+  against the objects the scene description names, by class and 3 x 3 cell; the fair score of text and audio).
 FD / KID, SWD, LPIPS diversity and NLL are added on top of these samples by ``iqvae evaluate``
 (:mod:`iqvae.evaluation.evaluate`).
 """
@@ -52,6 +54,7 @@ def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditi
 
 def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, float]:
     """The Shapes world's exact metrics of a sample set (``seg``: the ground-truth segmentation per condition)."""
+    from ..metrics.scene import scene_scores
     from ..metrics.shapes import mask_adherence, mode_coverage, palette_accuracy
 
     c, n = samples.images.shape[:2]
@@ -62,14 +65,18 @@ def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, flo
         "palette_accuracy": float(palette_accuracy(flat, metas)),
         "mask_miou": float(mask_adherence(flat, segs)),
         "mode_coverage": float(sum(mode_coverage(samples.images[i], samples.metas[i]) for i in range(c)) / c),
+        **scene_scores(flat, metas),
     }
 
 
 def real_shapes_metrics(dataset: PairDataset, num: int) -> dict[str, float]:
-    """The same metrics on true images (the ceiling; about 1 for palette accuracy and mask mIoU)."""
+    """The same metrics on true images (the ceiling: 1 for palette accuracy, mask mIoU and the scene scores)."""
+    from ..metrics.scene import scene_scores
     from ..metrics.shapes import mask_adherence, palette_accuracy
 
     items = [dataset[i] for i in range(min(num, len(dataset)))]
     imgs = torch.stack([s.image for s in items])
-    return {"palette_accuracy": float(palette_accuracy(imgs, [s.meta for s in items])),
-            "mask_miou": float(mask_adherence(imgs, torch.stack([s.cond["seg"] for s in items])))}
+    metas = [s.meta for s in items]
+    return {"palette_accuracy": float(palette_accuracy(imgs, metas)),
+            "mask_miou": float(mask_adherence(imgs, torch.stack([s.cond["seg"] for s in items]))),
+            **scene_scores(imgs, metas)}

@@ -18,6 +18,7 @@ from .palette import colormap
 class Audio(Modality):
     name = "audio"
     kind = "sequence"
+    fit_metrics = ("scene_accuracy", "mode_coverage")
     values = "finite"
     meaning = "log-mel"
     title = "Audio"

@@ -89,6 +89,9 @@ class Modality:
     drawable: bool = False  # drawn on the web demo's canvas
     typed: bool = False  # typed as a caption (text)
     class_map: bool = False  # a per-pixel class map (its codes are scored for class purity)
+    # The Shapes world's exact metrics that judge this condition (``iqvae evaluate`` marks them): a spatial condition
+    # fixes each object's pixels (masks); text and audio name class, size and cell only (scene accuracy).
+    fit_metrics: tuple[str, ...] = ("palette_accuracy", "mask_miou", "mode_coverage")
 
     # --------------------------------------------------------------------------------------- tensor contract
     def item_shape(self, spec: ConditionSpec, resolution: int) -> tuple[int | None, ...]:

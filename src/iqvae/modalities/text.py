@@ -102,6 +102,7 @@ class TextVocab:
 class Text(Modality):
     name = "text"
     kind = "sequence"
+    fit_metrics = ("scene_accuracy", "mode_coverage")
     dtype = torch.int64
     values = "ids"
     meaning = "token ids"
