@@ -64,6 +64,8 @@ def cell_of(x: float, y: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class DescribedObject:
+    """An object as the condition names it (class, cell; size is carried but not scored)."""
+
     cls: int
     cell: tuple[int, int]  # (row, column)
     size: float  # the half-extent r, normalised
@@ -71,6 +73,8 @@ class DescribedObject:
 
 @dataclass(frozen=True)
 class FoundObject:
+    """An object found in an image (:func:`find_objects`); coordinates are normalised to the unit square."""
+
     cls: int
     colour: int  # majority palette index within the class
     pixels: int
@@ -107,34 +111,41 @@ def default_min_pixels(resolution: int) -> int:
     return max(1, int(round(0.25 * MIN_VISIBLE * 2 * R_MIN**2 * resolution**2)))
 
 
-def _pieces(cls_map: np.ndarray) -> list[dict[str, Any]]:
-    """8-connected regions of each class: class, pixel mask, box (pixel edges)."""
+def _pieces(cls_map: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """8-connected regions of each class: a map of piece ids (0: none; piece ``k`` is id ``k + 1``) and per piece
+    its class, pixel count and box (pixel edges)."""
     import cv2
 
-    out = []
+    ids = np.zeros(cls_map.shape, np.int32)
+    out: list[dict[str, Any]] = []
     for c in np.unique(cls_map[cls_map > 0]).tolist():
         n, lab, stats, _ = cv2.connectedComponentsWithStats((cls_map == c).astype(np.uint8), connectivity=8)
+        inside = lab > 0
+        ids[inside] = lab[inside] + len(out)
         for k in range(1, n):
-            x, y, w, h = (int(v) for v in stats[k, :4])
-            out.append({"cls": int(c), "mask": lab == k, "box": [x, y, x + w, y + h]})
-    return out
+            x, y, w, h, area = (int(v) for v in stats[k, :5])
+            out.append({"cls": int(c), "pixels": area, "box": [x, y, x + w, y + h]})
+    return ids, out
 
 
 def _merge_pieces(pieces: list[dict[str, Any]], max_side: float) -> list[dict[str, Any]]:
-    """Greedily join pieces of one class (largest first) whose joint box has both sides <= ``max_side`` pixels."""
+    """Greedily join pieces of one class (largest first) whose joint box has both sides <= ``max_side`` pixels.
+
+    Returns groups ``{"cls", "pixels", "box", "pieces"}`` (piece indices)."""
     groups: list[dict[str, Any]] = []
-    for p in sorted(pieces, key=lambda p: -int(p["mask"].sum())):
+    for i in sorted(range(len(pieces)), key=lambda i: -pieces[i]["pixels"]):
+        p = pieces[i]
         for g in groups:
             if g["cls"] != p["cls"]:
                 continue
             b = [min(g["box"][0], p["box"][0]), min(g["box"][1], p["box"][1]),
                  max(g["box"][2], p["box"][2]), max(g["box"][3], p["box"][3])]
             if b[2] - b[0] <= max_side and b[3] - b[1] <= max_side:
-                g["mask"] = g["mask"] | p["mask"]
-                g["box"] = b
+                g["box"], g["pixels"] = b, g["pixels"] + p["pixels"]
+                g["pieces"].append(i)
                 break
         else:
-            groups.append({"cls": p["cls"], "mask": p["mask"].copy(), "box": list(p["box"])})
+            groups.append({"cls": p["cls"], "pixels": p["pixels"], "box": list(p["box"]), "pieces": [i]})
     return groups
 
 
@@ -160,22 +171,25 @@ def find_objects(image: torch.Tensor, min_pixels: int | None = None) -> list[Fou
     cls_map, idx_map = cls_t.numpy(), idx_t.numpy()
     min_px = default_min_pixels(res) if min_pixels is None else int(min_pixels)
     max_side = 2 * R_MAX * res + 1.0
-    groups = [g for g in _merge_pieces(_pieces(cls_map), max_side) if int(g["mask"].sum()) >= min_px]
-    label = np.zeros(cls_map.shape, np.int32)
+    ids, pieces = _pieces(cls_map)
+    groups = [g for g in _merge_pieces(pieces, max_side) if g["pixels"] >= min_px]
+    lut = np.zeros(len(pieces) + 1, np.int32)  # piece id -> object id (0: none)
     for k, g in enumerate(groups):
-        label[g["mask"]] = k + 1
+        lut[np.asarray(g["pieces"]) + 1] = k + 1
+    label = lut[ids]
     kernel = np.ones((3, 3), np.uint8)
     out = []
     for k, g in enumerate(groups):
-        ring = cv2.dilate(g["mask"].astype(np.uint8), kernel) > 0
+        mask = label == k + 1
+        ring = cv2.dilate(mask.astype(np.uint8), kernel) > 0
         touching = set(np.unique(label[ring]).tolist()) - {0, k + 1}
         outer = list(g["box"])
         for t in touching:
             b = groups[t - 1]["box"]
             outer = [min(outer[0], b[0]), min(outer[1], b[1]), max(outer[2], b[2]), max(outer[3], b[3])]
         xl, xh, yl, yh = _centre_range(g["box"], outer, max_side)
-        ys, xs = np.nonzero(g["mask"])
-        colours = np.bincount(idx_map[g["mask"]][idx_map[g["mask"]] >= 0])
+        ys, xs = np.nonzero(mask)
+        colours = np.bincount(idx_map[mask])
         x0, y0, x1, y1 = g["box"]
         out.append(FoundObject(
             cls=g["cls"], colour=int(colours.argmax()), pixels=int(len(xs)),
