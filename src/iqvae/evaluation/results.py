@@ -69,8 +69,9 @@ def render_markdown(res: dict[str, Any]) -> str:
               + (res["metrics"]["lpips_diversity"].get("protocol", "n/a")) + "."]
     if res["metrics"]["shapes"].get("available"):
         lines += ["", "Shapes world: \"[fits the condition]\" marks the exact metrics that judge this condition: "
-                  "palette accuracy / mask mIoU / mode coverage for spatial conditions (they fix each object's pixels), "
-                  "scene accuracy / mode coverage for text and audio (they name class, size and 3 x 3 cell only). "
+                  "palette accuracy / mask mIoU / mode coverage for spatial conditions (they fix each object's "
+                  "pixels), scene accuracy / mode coverage for text and audio (they name class, size and 3 x 3 cell "
+                  "only). "
                   "Scene accuracy: share of described objects found with their class's colour in their cell (mean "
                   "over images); scene precision / recall: right objects / found / described objects (pooled)."]
     return "\n".join(lines) + "\n"
