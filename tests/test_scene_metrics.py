@@ -228,3 +228,12 @@ def test_cell_of_and_errors():
         scene_scores(torch.zeros(1, 3, 32, 32), [scene([])])
     r = scene_report(image(scene(THREE)), scene(THREE))
     assert r["right"] == 3 and [p["found"] is not None for p in r["pairs"]] == [True] * 3
+
+
+def test_modalities_declare_their_fit_metrics():
+    from iqvae.modalities import get_modality
+
+    for m in ("seg", "edge", "keypoints", "layout"):
+        assert get_modality(m).fit_metrics == ("palette_accuracy", "mask_miou", "mode_coverage")
+    for m in ("text", "audio"):
+        assert get_modality(m).fit_metrics == ("scene_accuracy", "mode_coverage")
