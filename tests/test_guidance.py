@@ -190,3 +190,97 @@ def test_transformer_resume_is_exact_with_cfg_dropout(tmp_path):
                                            "--set", "gumbel.max_rate=0.5"], "transformer.csv")
     final = GPT.from_pretrained(tmp_path / "train-transformer-full")
     assert final.wte_null is not None and final.config.cfg_dropout == 0.5
+
+
+def test_bench_sampling_prints_guided_and_unguided_rates_and_their_ratio(capsys):
+    import re
+
+    from iqvae.cli import main
+
+    assert main(["bench", "sampling", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--vocab", "32",
+                 "--seq", "16", "--batch", "1,2", "--cfg-scale", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "classifier-free guidance, scale 2" in out
+    plain = re.findall(r"^\s+(\d+)\s+8\s+([\d.]+)\s+[\d.]+\s+[\d.]+x\s+[\d.]+%", out, flags=re.M)
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["1", "2"] and all(r[1] == "8" for r in rows)
+    for (batch, rate), r in zip(plain, rows):
+        assert r[2] == rate  # the unguided rate is the cached sampler's of the same run
+        assert float(r[4]) == pytest.approx(float(r[2]) / float(r[3]), rel=0.02, abs=0.01)
+    # scale 1: nothing guided is timed or printed
+    assert main(["bench", "sampling", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--vocab", "32",
+                 "--seq", "16", "--batch", "1", "--cfg-scale", "1"]) == 0
+    assert "guidance" not in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """Tiny random seg pipelines (test_web's), with and without a null condition, saved as pipeline folders."""
+    from test_web import tiny_pipeline
+
+    root = tmp_path_factory.mktemp("guided")
+    out = {}
+    for name, rate in (("guided", 0.1), ("plain", 0.0)):
+        pipe = tiny_pipeline("seg", cfg_dropout=rate)
+        with torch.no_grad():  # larger weights so guidance visibly changes the samples
+            for p in pipe.transformer.parameters():
+                p.mul_(8.0)
+        pipe.save_pretrained(root / name)
+        out[name] = (pipe, root / name)
+    return out
+
+
+def test_pipeline_guidance_scale(pipelines):
+    pipe, _ = pipelines["guided"]
+    cond = torch.zeros(pipe.resolution, pipe.resolution, dtype=torch.long)
+    cond[2:9, 3:12] = 1
+
+    def run(**kw):
+        return pipe(cond, num_images=3, generator=torch.Generator().manual_seed(0), output_type="pt", **kw)
+
+    assert pipe.has_null_condition and not pipelines["plain"][0].has_null_condition
+    assert torch.equal(run(guidance_scale=1.0), run())
+    guided = run(guidance_scale=3.0)
+    assert guided.shape == (1, 3, 3, pipe.resolution, pipe.resolution) and not torch.equal(guided, run())
+    # the same tokens as the sampler called directly with the scale
+    tok_cond = pipe.condition_tokens(cond)[0].repeat_interleave(3, 0)
+    tokens = generate(pipe.transformer, tok_cond, generator=torch.Generator().manual_seed(0), guidance_scale=3.0)
+    cond_idx = pipe.condition_tokens(cond)[1].repeat_interleave(3, 0)
+    images = pipe.tokenizer.decode_indices(tokens.reshape(3, *pipe.tokenizer.tokens_shape), cond_idx).clamp(-1, 1)
+    torch.testing.assert_close(guided[0], images.float())
+    with pytest.raises(IQVAEError, match="--cfg-scale"):
+        pipelines["plain"][0](cond, guidance_scale=2.0)
+
+
+def test_sample_and_evaluate_take_cfg_scale(pipelines, tmp_path):
+    from iqvae.cli import main
+    from iqvae.evaluation.evaluate import evaluate_model
+
+    guided, plain = pipelines["guided"][1], pipelines["plain"][1]
+    args = ["sample", "--world", "shapes", "--index", "0", "-n", "2", "--cfg-scale", "2.5"]
+    assert main([*args, "--model", str(guided), "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    assert main([*args, "--model", str(plain), "--out", str(tmp_path / "p.png")]) == 2  # a clear error
+    res = evaluate_model(guided, conditions=2, samples=2, recon_items=2, guidance_scale=2.5)
+    assert res["protocol"]["guidance_scale"] == 2.5
+    with pytest.raises(IQVAEError, match="--cfg-scale"):
+        evaluate_model(plain, conditions=2, samples=2, recon_items=2, guidance_scale=2.5)
+
+
+def test_evaluate_command_passes_cfg_scale(pipelines, monkeypatch):
+    import iqvae.evaluation.evaluate as ev
+    import iqvae.metrics.extractor as ex
+    from iqvae.cli import main
+
+    seen = {}
+
+    def fake_evaluate(model, **kw):
+        seen.update(kw)
+        raise IQVAEError("stop here")
+
+    monkeypatch.setattr(ev, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(ex, "resolve_extractor", lambda **kw: (None, "none in this test"))
+    guided = str(pipelines["guided"][1])
+    assert main(["evaluate", "--model", guided, "--cfg-scale", "1.75", "--no-progress"]) == 2
+    assert seen["guidance_scale"] == 1.75
+    assert main(["evaluate", "--model", guided, "--no-progress"]) == 2 and seen["guidance_scale"] == 1.0
