@@ -13,6 +13,10 @@ predicts image token ``x_{j+1}`` (0-based: image token ``j``).  The last image t
 longest sequence actually processed has ``block_size - 1`` positions; ``wpe`` still has ``block_size`` rows (the last
 row is unused; kept so the table size equals the paper's sequence length).
 
+Classifier-free guidance (``cfg_dropout > 0``, our addition): rows marked by a ``null`` ``(B,)`` bool mask get the
+learned null condition ``wte_null`` (its own ``(n_cond, n_embd)`` table) in place of the condition token embeddings,
+and no aligned condition input; :func:`iqvae.sampling.generate` runs them next to the conditional rows to guide.
+
 Training contract
 -----------------
 ``logits = model(cond, image)`` has shape ``(B, t, image_vocab)`` and ``logits[:, j]`` is the distribution of
