@@ -166,10 +166,11 @@ def test_both_gumbel_passes_see_the_same_rows_and_the_null_table_learns(fast):
     assert g is not None and g.abs().sum() > 0
     # no row dropped: the null table gets no gradient; every row dropped: the condition tables get none
     gpt.zero_grad(set_to_none=True)
-    training_loss(gpt, cond, image, 1, GumbelConfig(mode="teacher"), None, null=torch.zeros(4, dtype=torch.bool))[0].backward()
+    teacher = GumbelConfig(mode="teacher")
+    training_loss(gpt, cond, image, 1, teacher, None, null=torch.zeros(4, dtype=torch.bool))[0].backward()
     assert gpt.wte_null.weight.grad is None or gpt.wte_null.weight.grad.abs().sum() == 0
     gpt.zero_grad(set_to_none=True)
-    training_loss(gpt, cond, image, 1, GumbelConfig(mode="teacher"), None, null=torch.ones(4, dtype=torch.bool))[0].backward()
+    training_loss(gpt, cond, image, 1, teacher, None, null=torch.ones(4, dtype=torch.bool))[0].backward()
     for table in (gpt.wte_cond, gpt.wte_align):
         assert table.weight.grad is None or table.weight.grad.abs().sum() == 0
 
@@ -190,6 +191,32 @@ def test_transformer_resume_is_exact_with_cfg_dropout(tmp_path):
                                            "--set", "gumbel.max_rate=0.5"], "transformer.csv")
     final = GPT.from_pretrained(tmp_path / "train-transformer-full")
     assert final.wte_null is not None and final.config.cfg_dropout == 0.5
+    # in the training step: the mask of null_condition_mask(step, ...) reaches the loss when on, nothing when off
+    import iqvae.train.transformer as tt
+    from iqvae.config import build_config
+
+    for rate in (0.5, 0.0):
+        seen = []
+
+        def spy(model, cond, image, step, cfg, codebook, generator=None, **kw):
+            seen.append((step, kw.get("null")))
+            return training_loss(model, cond, image, step, cfg, codebook, generator, **kw)
+
+        cfg = build_config(tt.TransformerRunConfig, "transformer", preset="tiny",
+                           overrides=[f"codes={tmp_path / 'codes'}", f"model.cfg_dropout={rate}", "train.steps=4",
+                                      "train.threads=1", "train.seed=3"])
+        orig = tt.training_loss
+        tt.training_loss = spy
+        try:
+            tt.train_transformer(cfg, tmp_path / f"inproc-{rate}", progress=False)
+        finally:
+            tt.training_loss = orig
+        assert [st for st, _ in seen] == [0, 1, 2, 3]
+        for st, null in seen:
+            want = null_condition_mask(st, rate, cfg.train.batch_size, 3)
+            assert (null is None) if rate == 0 else torch.equal(null, want)
+        if rate:
+            assert any(m.any() for _, m in seen) and not all(m.all() for _, m in seen)
 
 
 def test_bench_sampling_prints_guided_and_unguided_rates_and_their_ratio(capsys):
@@ -284,3 +311,7 @@ def test_evaluate_command_passes_cfg_scale(pipelines, monkeypatch):
     assert main(["evaluate", "--model", guided, "--cfg-scale", "1.75", "--no-progress"]) == 2
     assert seen["guidance_scale"] == 1.75
     assert main(["evaluate", "--model", guided, "--no-progress"]) == 2 and seen["guidance_scale"] == 1.0
+    # a model without a null condition is refused before anything is computed
+    seen.clear()
+    assert main(["evaluate", "--model", str(pipelines["plain"][1]), "--cfg-scale", "2", "--no-progress"]) == 2
+    assert seen == {}

@@ -292,6 +292,12 @@ def test_build_app(pipes):
     assert slider.visible is False and slider.value == 1.0
     guided = web.build_app({**pipes, "seg": tiny_pipeline("seg", cfg_dropout=0.1)})
     assert next(b for b in guided.blocks.values() if b.elem_id == "iqvae-cfg-scale").visible is True
+    # switching the condition type shows it (reset to 1) for a guided model and hides it for another
+    fns = guided.fns.values() if isinstance(guided.fns, dict) else guided.fns
+    on_type = next(b.fn for b in fns if getattr(b.fn, "__name__", "") == "on_type")
+    for key, visible in (("seg", True), ("edge", False), ("seg", True)):
+        update = on_type(key)[-1]
+        assert update.visible is visible and update.value == 1.0, key
 
 
 # ----------------------------------------------------------------------------------------------- browser

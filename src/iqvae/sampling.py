@@ -23,6 +23,7 @@ Conventions
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -82,7 +83,7 @@ def check_guidance(model, guidance_scale: float) -> bool:
     """Whether ``guidance_scale`` asks for guidance (s != 1); raises naming ``--cfg-scale`` when it is not a finite
     number or the model has no null condition to guide with."""
     s = guidance_scale
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not torch.isfinite(torch.tensor(float(s))):
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
         raise IQVAEError(f"--cfg-scale (guidance_scale) must be a finite number, got {s!r}")
     if s == 1:
         return False

@@ -224,8 +224,9 @@ def format_rows(rows: list[dict]) -> str:
                      "bytes / bandwidth; roofline: the speed-up if both samplers ran at their bound)")
         guided = [r for r in samp if "guided_tok_s" in r]
         if guided:
-            lines.append(f"classifier-free guidance, scale {guided[0]['guidance_scale']:g} (conditional + unconditional "
-                         "rows as one batch of 2B through the cached sampler), timed interleaved with the unguided runs:")
+            lines.append(f"classifier-free guidance, scale {guided[0]['guidance_scale']:g} (conditional + "
+                         "unconditional rows as one batch of 2B through the cached sampler), timed interleaved with "
+                         "the unguided runs:")
             lines.append(f"{'batch':>5} {'tokens':>6} {'unguided tok/s':>15} {'guided tok/s':>13} {'time ratio':>11}")
             for r in guided:
                 lines.append(f"{r['batch']:>5} {r['tokens']:>6} {r['cached_tok_s']:>15.1f} {r['guided_tok_s']:>13.1f} "

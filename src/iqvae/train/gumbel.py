@@ -312,7 +312,8 @@ def rq_soft_targets(image: torch.Tensor, codebook: torch.Tensor, temperature: fl
 
 def training_loss(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
                   codebook: torch.Tensor | None, generator: torch.Generator | None = None, *,
-                  token_fast_path: bool = True, null: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  token_fast_path: bool = True, null: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """Transformer training loss for one batch under ``cfg.mode``; returns (scalar loss, stats to log).
 
     ``codebook`` (V, D) is the image codebook of the tokenizer (needed by ``rq-soft``; for ``gumbel`` it defines

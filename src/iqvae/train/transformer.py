@@ -134,7 +134,8 @@ class _TransformerStage:
                                    acc.num_processes, acc.device)
         with acc.accumulate(self.model):
             with acc.autocast():
-                loss, stats = training_loss(self.model, cond, image, step, self.cfg.gumbel, self.codebook, null=null)
+                dropped = {} if null is None else {"null": null}  # without guidance the call is as before
+                loss, stats = training_loss(self.model, cond, image, step, self.cfg.gumbel, self.codebook, **dropped)
             acc.backward(loss)
             guarded_step(acc, self.optimizer, self.model, {"loss": loss}, part="transformer",
                          clip=self.cfg.train.grad_clip)
