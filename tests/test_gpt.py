@@ -36,7 +36,7 @@ def test_options_declared_once_and_joined_with_the_codes():
 
     option_names = [f.name for f in dataclasses.fields(GPTOptions)]
     assert option_names == ["n_layer", "n_head", "n_embd", "dropout", "bias", "pos_init", "cond_align", "above_input",
-                            "above_window"]
+                            "above_window", "cfg_dropout"]
     assert set(f.name for f in dataclasses.fields(GPTConfig)) == set(option_names) | {
         "cond_vocab", "image_vocab", "n_cond", "n_image", "image_grid"}
     assert type(TransformerRunConfig().model) is GPTOptions
@@ -54,7 +54,7 @@ def test_options_declared_once_and_joined_with_the_codes():
     saved = {"above_input": False, "above_window": 1, "bias": True, "cond_align": False, "cond_vocab": 9,
              "dropout": 0.0, "image_grid": [], "image_vocab": 10, "n_cond": 16, "n_embd": 8, "n_head": 2,
              "n_image": 32, "n_layer": 1, "pos_init": "normal"}
-    assert to_dict(from_dict(GPTConfig, saved)) == saved
+    assert to_dict(from_dict(GPTConfig, saved)) == {**saved, "cfg_dropout": 0.0}  # older configs: no null condition
     # options are checked when the run config is read, before any codes are loaded
     with pytest.raises(ConfigError, match="n_head"):
         from_dict(TransformerRunConfig, {"model": {"n_embd": 10, "n_head": 4}})

@@ -29,7 +29,7 @@ RES = 16
 CHROMIUM = "/usr/bin/chromium"
 
 
-def tiny_pipeline(modality: str, seed: int = 0):
+def tiny_pipeline(modality: str, seed: int = 0, cfg_dropout: float = 0.0):
     from iqvae.data.config import DataConfig
     from iqvae.data.shapes import ShapesWorld
     from iqvae.models.gpt import GPT, GPTConfig
@@ -45,7 +45,7 @@ def tiny_pipeline(modality: str, seed: int = 0):
                                  test_size=4)
     n = math.prod(tok.tokens_shape)
     gpt = GPT(GPTConfig(cond_vocab=tok.num_cond_codes, image_vocab=tok.num_image_codes, n_cond=n, n_image=n,
-                        n_layer=1, n_head=1, n_embd=16))
+                        n_layer=1, n_head=1, n_embd=16, cfg_dropout=cfg_dropout))
     return IQVAEPipeline(tok, gpt)
 
 
@@ -190,6 +190,20 @@ def test_bad_settings_are_messages(pipes, kw, msg):
     assert images == [] and msg in status, status
 
 
+def test_guidance_scale(pipes):
+    guided = {"seg": tiny_pipeline("seg", cfg_dropout=0.1)}
+    drawing = {"composite": palette_drawing(guided["seg"].cond_spec.channels)}
+    images, _, status = gen(guided, "seg", drawing=drawing, cfg_scale=2.5)
+    assert len(images) == 2 and "guidance scale 2.5" in status, status
+    one, _, _ = gen(guided, "seg", drawing=drawing, cfg_scale=1.0)
+    again, _, _ = gen(guided, "seg", drawing=drawing, cfg_scale=2.5)
+    assert [np.asarray(a).tolist() for a in again] == [np.asarray(a).tolist() for a in images]
+    assert [np.asarray(a).tolist() for a in one] != [np.asarray(a).tolist() for a in images]
+    # a model without a null condition: a clear message naming the option
+    images, _, status = gen(pipes, "seg", drawing=drawing, cfg_scale=2.0)
+    assert images == [] and "--cfg-scale" in status and "cfg_dropout" in status, status
+
+
 def test_unknown_condition_type(pipes):
     images, _, status = gen(pipes, "audio")
     assert images == [] and "unknown condition type 'audio'" in status
@@ -273,6 +287,17 @@ def test_build_app(pipes):
             "iqvae-gallery", "iqvae-status"} <= ids
     radio = next(b for b in app.blocks.values() if b.elem_id == "iqvae-cond-type")
     assert [c[1] for c in radio.choices] == ["seg", "edge", "text"]
+    # the guidance slider is shown only for a model with a null condition
+    slider = next(b for b in app.blocks.values() if b.elem_id == "iqvae-cfg-scale")
+    assert slider.visible is False and slider.value == 1.0
+    guided = web.build_app({**pipes, "seg": tiny_pipeline("seg", cfg_dropout=0.1)})
+    assert next(b for b in guided.blocks.values() if b.elem_id == "iqvae-cfg-scale").visible is True
+    # switching the condition type shows it (reset to 1) for a guided model and hides it for another
+    fns = guided.fns.values() if isinstance(guided.fns, dict) else guided.fns
+    on_type = next(b.fn for b in fns if getattr(b.fn, "__name__", "") == "on_type")
+    for key, visible in (("seg", True), ("edge", False), ("seg", True)):
+        update = on_type(key)[-1]
+        assert update.visible is visible and update.value == 1.0, key
 
 
 # ----------------------------------------------------------------------------------------------- browser

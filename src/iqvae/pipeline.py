@@ -8,6 +8,9 @@ so loading needs no config file::
 
     pipe = IQVAEPipeline.from_pretrained("runs/demo/seg")
     images = pipe(condition, num_images=4, top_k=100, generator=torch.Generator().manual_seed(0))
+
+``guidance_scale`` (as in diffusers) samples with classifier-free guidance when the transformer has a null condition
+(trained with ``model.cfg_dropout > 0``); 1 (the default) is plain conditional sampling.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .errors import CheckpointError, DataError, IQVAEError
 from .models.gpt import GPT
 from .models.tokenizer import IQVAE
 from .models.weights import checkpoint_folder
-from .sampling import generate, validate_sampling_args
+from .sampling import check_guidance, generate, validate_sampling_args
 
 
 class IQVAEPipeline:
@@ -72,6 +75,11 @@ class IQVAEPipeline:
         return self.tokenizer.cond_spec
 
     @property
+    def has_null_condition(self) -> bool:
+        """Whether the transformer can be guided (``guidance_scale`` != 1): it was trained with a null condition."""
+        return bool(self.transformer.config.null_cond)
+
+    @property
     def resolution(self) -> int:
         return int(self.tokenizer.config.resolution)
 
@@ -97,8 +105,11 @@ class IQVAEPipeline:
     @torch.inference_mode()
     def __call__(self, condition: torch.Tensor, num_images: int = 4, *, top_k: int | None = 100,
                  top_p: float | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 output_type: Literal["pil", "pt"] = "pil") -> Any:
+                 output_type: Literal["pil", "pt"] = "pil", guidance_scale: float = 1.0) -> Any:
         """Sample ``num_images`` images for each condition.
+
+        ``guidance_scale`` s: classifier-free guidance, each token drawn from ``l_u + s * (l_c - l_u)`` (before
+        temperature, top-k and top-p); 1 is unguided; other values need a transformer with a null condition.
 
         Returns a list (one per condition) of lists of PIL images, or with ``output_type="pt"`` a tensor
         (B, num_images, 3, H, W) in [-1, 1].
@@ -108,12 +119,13 @@ class IQVAEPipeline:
         if output_type not in ("pil", "pt"):
             raise IQVAEError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         validate_sampling_args(top_k, top_p, temperature)
+        check_guidance(self.transformer, guidance_scale)
         cond_tokens, cond_idx = self.condition_tokens(condition)
         b = cond_tokens.shape[0]
         cond_tokens = cond_tokens.repeat_interleave(num_images, 0)
         cond_idx = cond_idx.repeat_interleave(num_images, 0)
         tokens = generate(self.transformer, cond_tokens, top_k=top_k, top_p=top_p, temperature=temperature,
-                          generator=generator)
+                          generator=generator, guidance_scale=guidance_scale)
         img_idx = tokens.reshape(tokens.shape[0], *self.tokenizer.tokens_shape)
         images = self.tokenizer.decode_indices(img_idx, cond_idx).clamp(-1, 1)
         images = images.reshape(b, num_images, *images.shape[1:]).float().cpu()

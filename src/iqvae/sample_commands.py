@@ -51,7 +51,7 @@ def run_sample(args: argparse.Namespace) -> int:
     rows = []
     for c in conds:
         imgs = pipe(c, num_images=args.n, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                    generator=g)[0]
+                    generator=g, guidance_scale=args.cfg_scale)[0]
         rows.append([condition_preview(c, spec, pipe.resolution).resize(imgs[0].size)] + imgs)
         cap = caption_of(c, spec)
         if cap:
@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=100, help="top-k sampling (paper: 100); 0 disables")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale s: sample from l_u + s (l_c - l_u) (1: no guidance, the "
+                        "default; other values need a transformer trained with model.cfg_dropout > 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--out", required=True, help="output PNG")

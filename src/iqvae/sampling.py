@@ -7,7 +7,10 @@ makes the same sampling calls in the same order, so for the same generator state
 
 Conventions
 -----------
-* Temperature is applied first (``logits / temperature``), then top-k, then top-p on the top-k survivors.
+* Classifier-free guidance comes first: with ``guidance_scale`` s != 1 every step runs the conditional rows and the
+  same rows under the model's null condition as one batch of 2B (one prefill, one decode per step, one KV cache) and
+  samples from ``l_u + s * (l_c - l_u)`` (float32); s = 1 runs only the conditional rows (exactly unguided sampling).
+* Temperature is applied next (``logits / temperature``), then top-k, then top-p on the top-k survivors.
 * top-k keeps every logit ``>=`` the k-th largest (ties at the k-th value are all kept); ``top_k`` larger than the
   vocabulary is clamped to the vocabulary size (i.e. no filtering).
 * top-p keeps the smallest set of most-likely tokens whose probability mass reaches ``top_p``: a token is kept iff the
@@ -20,6 +23,7 @@ Conventions
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -75,9 +79,39 @@ def sample_next(
     return idx.clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
-def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, return_logits):
-    """Shared loop: ``step_logits(j, tokens, state)`` gives the logits of image token j; sampling is identical."""
+def check_guidance(model, guidance_scale: float) -> bool:
+    """Whether ``guidance_scale`` asks for guidance (s != 1); raises naming ``--cfg-scale`` when it is not a finite
+    number or the model has no null condition to guide with."""
+    s = guidance_scale
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+        raise IQVAEError(f"--cfg-scale (guidance_scale) must be a finite number, got {s!r}")
+    if s == 1:
+        return False
+    if not model.config.null_cond:
+        raise IQVAEError(f"--cfg-scale {s} needs a transformer trained with a null condition (model.cfg_dropout > 0); "
+                         "this one has none: use --cfg-scale 1 (no guidance)")
+    return True
+
+
+def guided_logits(logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """``(2B, V)`` logits of [conditional rows; the same rows unconditional] -> ``l_u + s * (l_c - l_u)`` ``(B, V)``
+    in float32."""
+    cond_logits, uncond_logits = logits.float().chunk(2)
+    return uncond_logits + guidance_scale * (cond_logits - uncond_logits)
+
+
+def _guided_batch(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(2B, n_cond)`` condition tokens [cond; cond] and the ``(2B,)`` null mask [False * B; True * B]."""
+    B = cond.shape[0]
+    null = torch.arange(2 * B, device=cond.device) >= B
+    return torch.cat([cond, cond]), null
+
+
+def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, return_logits, guidance_scale):
+    """Shared loop: ``step_logits(j, tokens, state)`` gives the logits of image token j (2B rows when guided, the
+    guided combination is taken here); sampling is identical."""
     validate_sampling_args(top_k, top_p, temperature)
+    guided = check_guidance(model, guidance_scale)
     model.check_cond(cond)
     cfg = model.config
     B = cond.shape[0]
@@ -85,20 +119,24 @@ def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, retu
     model.eval()
     try:
         with torch.inference_mode():
-            tokens = torch.zeros((B, cfg.n_image), dtype=torch.long, device=cond.device)
+            # guided: rows B.. are the unconditional twins of rows ..B and are fed the same tokens
+            tokens = torch.zeros((2 * B if guided else B, cfg.n_image), dtype=torch.long, device=cond.device)
             all_logits = None
             if return_logits:
                 all_logits = torch.empty((B, cfg.n_image, cfg.image_vocab), device=cond.device)
             state: dict = {}
             for j in range(cfg.n_image):
                 logits = step_logits(j, tokens, state)
+                if guided:
+                    logits = guided_logits(logits, guidance_scale)
                 if return_logits:
                     all_logits[:, j] = logits
-                tokens[:, j] = sample_next(logits, top_k, top_p, temperature, generator)
+                token = sample_next(logits, top_k, top_p, temperature, generator)
+                tokens[:, j] = torch.cat([token, token]) if guided else token
     finally:
         model.train(was_training)
     # clone outside inference mode: callers may use the results in autograd-tracked code
-    tokens = tokens.clone()
+    tokens = tokens[:B].clone()
     return (tokens, all_logits.clone()) if return_logits else tokens
 
 
@@ -111,29 +149,34 @@ def generate(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    guidance_scale: float = 1.0,
 ):
     """Sample ``(B, n_image)`` image tokens for ``cond`` ``(B, n_cond)``: prefill + decode over a static KV cache.
 
     Runs under ``torch.inference_mode``; the model is put in eval mode for the call and its previous mode restored.
-    With ``return_logits`` also returns the raw (pre-temperature, unfiltered) logits ``(B, n_image, V)`` of every
-    step.  Returned tensors are ordinary (non-inference) tensors.
+    With ``return_logits`` also returns the raw (pre-temperature, unfiltered; guided when ``guidance_scale`` != 1)
+    logits ``(B, n_image, V)`` of every step.  Returned tensors are ordinary (non-inference) tensors.
+    ``guidance_scale`` s != 1 (classifier-free guidance; needs a model with ``cfg_dropout > 0``) runs the batch and
+    its unconditional twin as 2B rows of one cache.
     """
     from .models.gpt import KVCache
 
     cfg = model.config
     W = model.above_offset  # 0 unless the model takes tokens of the row above as inputs
     offsets = torch.tensor(model.above_offsets(), dtype=torch.long, device=cond.device)
+    rows, null = (cond, None) if guidance_scale == 1 else _guided_batch(cond)
 
     def step_logits(j, tokens, state):
         if j == 0:
             dtype = next(model.parameters()).dtype
-            state["cache"] = KVCache(cfg, cond.shape[0], device=cond.device, dtype=dtype)
-            return model.prefill(cond, state["cache"])
-        above = tokens[:, j - offsets] if W and j >= W else None  # (B, above_window), all before j
-        return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"], cond=cond, above=above)
+            state["cache"] = KVCache(cfg, rows.shape[0], device=cond.device, dtype=dtype)
+            return model.prefill(rows, state["cache"], null=null)
+        above = tokens[:, j - offsets] if W and j >= W else None  # (rows, above_window), all before j
+        return model.decode(tokens[:, j - 1 : j], cfg.n_cond + j - 1, state["cache"], cond=rows, above=above,
+                            null=null)
 
     return _run(model, cond, step_logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator,
-                return_logits=return_logits)
+                return_logits=return_logits, guidance_scale=guidance_scale)
 
 
 def generate_reference(model, cond: torch.Tensor, **sampling: Any):
@@ -147,11 +190,13 @@ def generate_reference(model, cond: torch.Tensor, **sampling: Any):
     args = inspect.signature(generate).bind(model, cond, **sampling)  # unknown keywords raise TypeError
     args.apply_defaults()
     settings = {k: v for k, v in args.arguments.items() if k not in ("model", "cond")}
+    rows, null = (cond, None) if settings["guidance_scale"] == 1 else _guided_batch(cond)
 
     def step_logits(j, tokens, state):
-        return model(cond, tokens[:, : j + 1])[:, -1]
+        return model(rows, tokens[:, : j + 1], null=null)[:, -1]
 
     return _run(model, cond, step_logits, **settings)
 
 
-__all__ = ["filter_logits", "generate", "generate_reference", "sample_next", "validate_sampling_args"]
+__all__ = ["check_guidance", "filter_logits", "generate", "generate_reference", "guided_logits", "sample_next",
+           "validate_sampling_args"]

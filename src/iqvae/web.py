@@ -5,7 +5,8 @@ The page: a condition-type selector; a drawing canvas for spatial conditions (se
 :func:`~iqvae.condition_io.label_palette` colours, with a legend; edge maps in white on black), a file upload (label-id
 or palette PNG, edge image, ``.safetensors`` tensor, ``.txt`` caption, ``.wav``) and a caption box for text models; an
 "example condition" button that loads the next test-split condition of the model's dataset; sliders for the number of
-samples, top-k, top-p, temperature and seed; a Generate button, a gallery and a status line.  User errors (an empty
+samples, top-k, top-p, temperature and seed (and the classifier-free guidance scale, shown only for a model with a null
+condition); a Generate button, a gallery and a status line.  User errors (an empty
 caption, an image of the wrong mode, an upload over the size limit, ...) are shown in the status line; the app does not
 crash on them.
 
@@ -303,7 +304,8 @@ def read_condition(pipe: Any, drawing: Any = None, upload: Any = None, caption: 
 
 def generate_callback(pipelines: dict[str, Any], cond_type: str, drawing: Any = None, upload: Any = None,
                       caption: str | None = None, num_samples: Any = 4, top_k: Any = 100, top_p: Any = 1.0,
-                      temperature: Any = 1.0, seed: Any = 0, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+                      temperature: Any = 1.0, seed: Any = 0, cfg_scale: Any = 1.0, *,
+                      max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                       ) -> tuple[list["Image.Image"], "Image.Image | None", str]:
     """(gallery images, preview of the condition as the model reads it, status Markdown).
 
@@ -325,18 +327,20 @@ def generate_callback(pipelines: dict[str, Any], cond_type: str, drawing: Any = 
         if s < 0:
             raise IQVAEError(f"the seed must be >= 0, got {s}")
         temp = float(temperature)
+        guide = float(cfg_scale) if cfg_scale is not None else 1.0
         cond, source = read_condition(pipe, drawing, upload, caption, max_upload_mb)
         gen = torch.Generator(device=pipe.device).manual_seed(s)
         t0 = time.perf_counter()
         images = pipe(cond, num_images=n, top_k=k or None, top_p=None if p >= 1.0 else p, temperature=temp,
-                      generator=gen)[0]
+                      generator=gen, guidance_scale=guide)[0]
         dt = time.perf_counter() - t0
     except IQVAEError as e:
         return [], None, error_markdown(e)
     note = _caption_note(caption or "", pipe) if _modality(pipe).typed and not upload else ""
     status = (f"Generated {len(images)} image{'s' if len(images) != 1 else ''} from {source} with the "
               f"**{cond_type}** model ({pipe.resolution}×{pipe.resolution} px, shown enlarged): top-k {k or 'off'}, "
-              f"top-p {p:g}, temperature {temp:g}, seed {s}; {dt:.1f} s.")
+              f"top-p {p:g}, temperature {temp:g}, " + (f"guidance scale {guide:g}, " if guide != 1 else "")
+              + f"seed {s}; {dt:.1f} s.")
     if note:
         status += " Note: " + note
     return [enlarge(im) for im in images], condition_preview(cond, pipe), status
@@ -418,8 +422,9 @@ def _input_column(gr: Any, pipelines: dict[str, Any], keys: list[str], max_uploa
     return ui
 
 
-def _output_column(gr: Any, max_k: int) -> dict[str, Any]:
-    """The right column: sampling sliders, Generate, status, gallery and the condition preview."""
+def _output_column(gr: Any, max_k: int, guided: bool) -> dict[str, Any]:
+    """The right column: sampling sliders, Generate, status, gallery and the condition preview.  The guidance slider
+    is visible only when the selected model has a null condition (``guided``)."""
     ui: dict[str, Any] = {}
     ui["num_samples"] = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of samples",
                                   elem_id="iqvae-num-samples")
@@ -427,6 +432,8 @@ def _output_column(gr: Any, max_k: int) -> dict[str, Any]:
                             elem_id="iqvae-top-k")
     ui["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)", elem_id="iqvae-top-p")
     ui["temperature"] = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="iqvae-temperature")
+    ui["cfg_scale"] = gr.Slider(0.0, 5.0, value=1.0, step=0.1, label="Guidance scale (classifier-free; 1 = off)",
+                                visible=guided, elem_id="iqvae-cfg-scale")
     ui["seed"] = gr.Slider(0, 99999, value=0, step=1, label="Seed", elem_id="iqvae-seed")
     ui["generate_btn"] = gr.Button("Generate", variant="primary", elem_id="iqvae-generate")
     ui["status"] = gr.Markdown("Ready.", elem_id="iqvae-status")
@@ -444,23 +451,24 @@ def _wire_events(gr: Any, pipelines: dict[str, Any], ui: dict[str, Any], max_upl
         try:
             pipe = _pipe(pipelines, key)
         except IQVAEError as e:
-            return gr.update(), gr.update(), gr.update(), gr.update(), 0, error_markdown(e), None
+            return gr.update(), gr.update(), gr.update(), gr.update(), 0, error_markdown(e), None, gr.update()
         props = _editor_props(gr, pipe)
         return (gr.update(value=legend_html(pipe)),
                 gr.ImageEditor(value=props["value"], visible=props["visible"], brush=props["brush"]),
                 gr.Textbox(visible=_modality(pipe).typed),
                 gr.File(value=None, label=_upload_label(pipe, max_upload_mb)),
-                0, f"Condition type: **{key}**.", None)
+                0, f"Condition type: **{key}**.", None,
+                gr.Slider(value=1.0, visible=pipe.has_null_condition))  # a model without one is never guided
 
     ui["cond_type"].change(on_type, inputs=ui["cond_type"],
                            outputs=[ui[k] for k in ("legend", "drawing", "caption", "upload", "example_counter",
-                                                    "status", "preview")])
+                                                    "status", "preview", "cfg_scale")])
 
-    def on_generate(key, draw, up, cap, n, k, p, t, s):
-        return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, max_upload_mb=max_upload_mb)
+    def on_generate(key, draw, up, cap, n, k, p, t, s, g):
+        return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, g, max_upload_mb=max_upload_mb)
 
     inputs = [ui[k] for k in ("cond_type", "drawing", "upload", "caption", "num_samples", "top_k", "top_p",
-                              "temperature", "seed")]
+                              "temperature", "seed", "cfg_scale")]
     outputs = [ui["gallery"], ui["preview"], ui["status"]]
     ui["generate_btn"].click(on_generate, inputs=inputs, outputs=outputs)
     ui["caption"].submit(on_generate, inputs=inputs, outputs=outputs)
@@ -494,7 +502,7 @@ def build_app(pipelines: dict[str, "IQVAEPipeline"], *, max_upload_mb: float = D
             with gr.Column(scale=1):
                 ui = _input_column(gr, pipelines, keys, max_upload_mb)
             with gr.Column(scale=1):
-                ui.update(_output_column(gr, max_k))
+                ui.update(_output_column(gr, max_k, pipelines[keys[0]].has_null_condition))
         _wire_events(gr, pipelines, ui, max_upload_mb)
     app.queue(default_concurrency_limit=1)  # one model, one sampling at a time
     return app

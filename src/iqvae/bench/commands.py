@@ -29,7 +29,8 @@ def run_sampling(args: argparse.Namespace) -> int:
     batches = tuple(int(b) for b in args.batch.split(","))
     print(f"GPT {args.n_layer}x{args.n_embd}, sequence {args.seq} ({half} condition + {args.seq - half} image tokens),"
           f" device {_device(args.device)}")
-    rows = bench_sampling(cfg, batch_sizes=batches, device=_device(args.device), repeats=args.repeats)
+    rows = bench_sampling(cfg, batch_sizes=batches, device=_device(args.device), repeats=args.repeats,
+                          guidance_scale=args.cfg_scale, reference=not args.no_reference)
     print(format_rows(rows))
     return 0
 
@@ -71,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seq", type=int, default=512, help="sequence length, condition + image tokens (paper 512)")
     s.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     s.add_argument("--repeats", type=int, default=1, help="timed repeats per measurement (median)")
+    s.add_argument("--no-reference", action="store_true",
+                   help="skip the O(n^2)-per-token cache-free reference sampler (its columns print nan)")
+    s.add_argument("--cfg-scale", type=float, default=1.5,
+                   help="also time classifier-free guided sampling at this scale, side by side with unguided "
+                        "sampling (default 1.5; 1: skip)")
     s.set_defaults(func=run_sampling)
 
     t = bsub.add_parser("train", help="training throughput with and without Gumbel sampling, side by side")

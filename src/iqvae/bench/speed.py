@@ -10,6 +10,9 @@
   ``n_image * max(weight bytes / bandwidth, 2 N B / matmul rate)``).  At batch 1 this is about
   ``mean sequence length * bandwidth / (2 * matmul rate * bytes per weight)``, a property of the device, not of the
   sampler: a cached sampler cannot beat it without reading fewer weight bytes per token.
+  With ``guidance_scale`` != 1 it also times classifier-free guided sampling (the conditional and the unconditional
+  rows as one batch of 2B through the same cached sampler) interleaved with the unguided runs, and reports the
+  guided tokens/s and the time ratio guided / unguided (goal: <= 1.6).
 * :func:`bench_train`: training iterations/s of Gumbel sampling (applied every ``every`` steps) vs teacher forcing,
   interleaved step by step; the paper reports 2.8 vs 3.0 it/s (ratio 0.93) for every=4.
 
@@ -81,8 +84,11 @@ def bench_sampling(
     dtype: torch.dtype = torch.float32,
     reference: bool = True,
     top_k: int | None = 100,
+    guidance_scale: float = 1.0,
 ) -> list[dict]:
-    """Rows ``{batch, tokens, cached_tok_s, reference_tok_s, speedup, mm_share, bw_share, roofline}`` per batch size.
+    """Rows ``{batch, tokens, cached_tok_s, reference_tok_s, speedup, mm_share, bw_share, roofline}`` per batch size,
+    with ``guided_tok_s`` and ``guidance_cost`` (unguided tok/s / guided tok/s: the time ratio) when
+    ``guidance_scale`` != 1 (the model then gets a null condition, which the unguided runs never read).
 
     ``n_tokens`` image tokens are generated per sample (default ``config.n_image``; the model is built with
     ``n_image = n_tokens``).  Each repeat times the cached and the reference sampler back to back; medians are
@@ -91,6 +97,9 @@ def bench_sampling(
     device = torch.device(device)
     if n_tokens is not None:
         config = dataclasses.replace(config, n_image=n_tokens)
+    guided = guidance_scale != 1
+    if guided and not config.null_cond:
+        config = dataclasses.replace(config, cfg_dropout=0.1)
     model = GPT(config).to(device=device, dtype=dtype).eval()
     n_matmul = model.num_params(non_embedding=True)
     peak = matmul_flops(config.n_embd, device, dtype)
@@ -101,9 +110,14 @@ def bench_sampling(
         cond = torch.randint(0, config.cond_vocab, (B, config.n_cond), device=device)
         gen = torch.Generator(device=device).manual_seed(0)
         generate(model, cond, top_k=top_k, generator=gen)  # warm-up
-        cached, ref = [], []
+        if guided:
+            generate(model, cond, top_k=top_k, generator=gen, guidance_scale=guidance_scale)
+        cached, ref, guide = [], [], []
         for _ in range(repeats):
             cached.append(_timed(lambda: generate(model, cond, top_k=top_k, generator=gen), device))
+            if guided:
+                guide.append(_timed(lambda: generate(model, cond, top_k=top_k, generator=gen,
+                                                     guidance_scale=guidance_scale), device))
             if reference:
                 ref.append(_timed(lambda: generate_reference(model, cond, top_k=top_k, generator=gen), device))
         n = B * config.n_image
@@ -124,6 +138,9 @@ def bench_sampling(
                 "bandwidth": bandwidth,
             }
         )
+        if guided:
+            g_tok_s = n / statistics.median(guide)
+            rows[-1].update(guidance_scale=guidance_scale, guided_tok_s=g_tok_s, guidance_cost=c_tok_s / g_tok_s)
     return rows
 
 
@@ -205,6 +222,16 @@ def format_rows(rows: list[dict]) -> str:
         lines.append(f"(matmul bound: {samp[0]['matmul_flops'] / 1e9:.1f} GFLOP/s, square matmul at model width; "
                      f"read bandwidth {samp[0]['bandwidth'] / 1e9:.1f} GB/s; bw share: decode steps/s x matmul-weight "
                      "bytes / bandwidth; roofline: the speed-up if both samplers ran at their bound)")
+        guided = [r for r in samp if "guided_tok_s" in r]
+        if guided:
+            lines.append(f"classifier-free guidance, scale {guided[0]['guidance_scale']:g} (conditional + "
+                         "unconditional rows as one batch of 2B through the cached sampler), timed interleaved with "
+                         "the unguided runs:")
+            lines.append(f"{'batch':>5} {'tokens':>6} {'unguided tok/s':>15} {'guided tok/s':>13} {'time ratio':>11}")
+            for r in guided:
+                lines.append(f"{r['batch']:>5} {r['tokens']:>6} {r['cached_tok_s']:>15.1f} {r['guided_tok_s']:>13.1f} "
+                             f"{r['guidance_cost']:>10.2f}x")
+            lines.append("(time ratio: unguided tok/s / guided tok/s, the time guidance costs; goal <= 1.6x)")
     if train:
         lines.append(f"{'batch':>5} {'every':>5} {'teacher it/s':>13} {'gumbel it/s':>12} {'ratio':>6} "
                      f"{'embedding-path it/s':>20} {'ratio':>6}")

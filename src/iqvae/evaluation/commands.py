@@ -27,6 +27,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from ..metrics.extractor import resolve_extractor
     from ..pipeline import IQVAEPipeline
+    from ..sampling import check_guidance
     from .evaluate import evaluate_model
     from .results import metric_rows, write_results
 
@@ -40,6 +41,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.codes and not (Path(args.codes) / "codes.json").is_file():
         raise IQVAEError(f"--codes '{args.codes}' holds no token codes (codes.json is missing)")
     pipe = IQVAEPipeline.from_pretrained(args.model)  # fails early with a clear message
+    check_guidance(pipe.transformer, args.cfg_scale)  # before any extractor is trained
     data = pipe.tokenizer.data_config
     del pipe
     lpips, lpips_reason = build_lpips_from_args(args)
@@ -47,7 +49,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                           cache=args.cache, steps=args.extractor_steps, log=tqdm.write)
     res = evaluate_model(args.model, split=args.split, conditions=args.conditions, samples=args.samples,
                          seed=args.seed, top_k=None if args.no_top_k else args.top_k, top_p=args.top_p,
-                         temperature=args.temperature, extractor=extractor, extractor_source=source, lpips=lpips,
+                         temperature=args.temperature, guidance_scale=args.cfg_scale, extractor=extractor,
+                         extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=args.codes, real_images=args.real_images,
                          recon_items=args.recon_items, progress=not args.no_progress)
     out = args.out or str(Path(args.model) / f"eval-{args.split}")
@@ -70,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-top-k", action="store_true", help="sample from the full distribution (no top-k)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale (1: none; other values need a transformer trained with "
+                        "model.cfg_dropout > 0)")
     p.add_argument("--extractor", default=None, help="feature classifier folder (iqvae train-extractor) for FD/KD")
     p.add_argument("--inception-weights", default=None,
                    help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth): the metric is then FID")

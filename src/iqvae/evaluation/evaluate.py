@@ -125,8 +125,9 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
                    seed: int = 0, top_k: int | None = 100, top_p: float | None = None, temperature: float = 1.0,
                    extractor: Any = None, extractor_source: str = "", lpips: Any = None, lpips_reason: str = "",
                    codes: str | None = None, real_images: int | None = None, recon_items: int = 256,
-                   progress: bool = False) -> dict[str, Any]:
-    """Every metric of the pipeline in ``model_dir``; see the module docstring.  ``extractor`` None: no FD."""
+                   progress: bool = False, guidance_scale: float = 1.0) -> dict[str, Any]:
+    """Every metric of the pipeline in ``model_dir``; see the module docstring.  ``extractor`` None: no FD.
+    ``guidance_scale``: classifier-free guidance of the sampler (1: none)."""
     from ..data.config import build_dataset
     from ..machine import machine_info
     from ..metrics.tokenizer_report import reconstruction_metrics
@@ -147,7 +148,8 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     ds = build_dataset(data, split)
     t0 = time.perf_counter()
     s = draw_samples(pipe, ds, cond, num_conditions=conditions, samples_per_condition=samples, seed=seed,
-                     top_k=top_k, top_p=top_p, temperature=temperature, progress=progress)
+                     top_k=top_k, top_p=top_p, temperature=temperature, progress=progress,
+                     guidance_scale=guidance_scale)
     sample_seconds = time.perf_counter() - t0
     c, n = s.images.shape[:2]
     m = min(len(ds), max(c, real_images or c))
@@ -190,7 +192,8 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     protocol = {
         "model": str(model_dir), "dataset": data.dataset, "split": split, "condition": cond,
         "resolution": pipe.resolution, "conditions": c, "samples_per_condition": n, "seed": seed,
-        "top_k": top_k, "top_p": top_p, "temperature": temperature, "reference_reals": m,
+        "top_k": top_k, "top_p": top_p, "temperature": temperature, "guidance_scale": guidance_scale,
+        "reference_reals": m,
         "extractor": getattr(extractor, "name", None), "extractor_source": extractor_source,
         "lpips": getattr(lpips, "label", None), "lpips_calibrated": bool(getattr(lpips, "is_calibrated", False)),
         "recon_items": k, "sample_seconds": sample_seconds, "machine": machine_info(),

@@ -13,6 +13,10 @@ predicts image token ``x_{j+1}`` (0-based: image token ``j``).  The last image t
 longest sequence actually processed has ``block_size - 1`` positions; ``wpe`` still has ``block_size`` rows (the last
 row is unused; kept so the table size equals the paper's sequence length).
 
+Classifier-free guidance (``cfg_dropout > 0``, our addition): rows marked by a ``null`` ``(B,)`` bool mask get the
+learned null condition ``wte_null`` (its own ``(n_cond, n_embd)`` table) in place of the condition token embeddings,
+and no aligned condition input; :func:`iqvae.sampling.generate` runs them next to the conditional rows to guide.
+
 Training contract
 -----------------
 ``logits = model(cond, image)`` has shape ``(B, t, image_vocab)`` and ``logits[:, j]`` is the distribution of
@@ -71,6 +75,10 @@ class GPTOptions:
                             "starting directly above j and going right (1: the token above only; each further one "
                             "has its own map above_right[d-1]; positions past the row's end are left out); at most "
                             "the grid width", ours=True)
+    cfg_dropout: float = opt(0.0, "classifier-free guidance: probability that a training sample's condition is "
+                             "replaced by a learned null condition (wte_null, its own (n_cond, n_embd) table; created "
+                             "only when > 0), so the model can also sample unconditionally and `--cfg-scale` can "
+                             "guide; 0: no null condition (the paper's model)", ours=True)
 
     def validate(self) -> None:
         check_bounds(self, ("n_layer", "n_head", "n_embd"), low=1, integer=True)
@@ -88,6 +96,14 @@ class GPTOptions:
             raise ConfigError(f"option above_window={K!r} needs above_input=true (it widens the row-above input)")
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise ConfigError(f"option 'above_window' must be an integer in [1, grid width], got {K!r}")
+        p = self.cfg_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
+            raise ConfigError(f"option 'cfg_dropout' must be a probability in [0, 1) (0: no null condition), got {p!r}")
+
+    @property
+    def null_cond(self) -> bool:
+        """Whether the model has a learned null condition (``cfg_dropout > 0``): needed to sample with guidance."""
+        return float(self.cfg_dropout) > 0.0
 
 
 @dataclass
@@ -332,6 +348,11 @@ class GPT(nn.Module):
         if config.pos_init == "spatial":
             with torch.no_grad():
                 self.wpe.weight.copy_(spatial_position_table(config))
+        # classifier-free guidance: created last, so every other weight starts as without it (same seed)
+        self.wte_null = None
+        if config.null_cond:
+            self.wte_null = nn.Embedding(config.n_cond, config.n_embd)
+            nn.init.normal_(self.wte_null.weight, mean=0.0, std=0.02)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -344,7 +365,8 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; ``non_embedding=True`` leaves out the lookup tables (wte_cond, wte_image, wpe, wte_align).
+        """Parameter count; ``non_embedding=True`` leaves out the lookup tables (wte_cond, wte_image, wpe, wte_align,
+        wte_null).
 
         The non-embedding count is the one whose ``2 * N`` approximates matmul FLOPs per token (it includes lm_head).
         """
@@ -354,7 +376,7 @@ class GPT(nn.Module):
         return n
 
     def _embedding_tables(self) -> list[nn.Embedding]:
-        return [m for m in (self.wte_cond, self.wte_image, self.wpe, self.wte_align) if m is not None]
+        return [m for m in (self.wte_cond, self.wte_image, self.wpe, self.wte_align, self.wte_null) if m is not None]
 
     def param_groups(self, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
         """AdamW groups: decay every >=2-D weight of a Linear layer; never biases or LayerNorm gains.
@@ -455,6 +477,32 @@ class GPT(nn.Module):
     def check_cond(self, cond: torch.Tensor) -> None:
         self._check_tokens("cond", cond, (None, self.config.n_cond), self.config.cond_vocab)
 
+    def _check_null(self, null: torch.Tensor | None, batch: int) -> None:
+        if null is None:
+            return
+        if self.wte_null is None:
+            raise IQVAEError("this transformer has no null condition (trained with model.cfg_dropout=0), so it cannot "
+                             "sample unconditionally: use --cfg-scale 1 (no guidance) or train with cfg_dropout > 0")
+        if not isinstance(null, torch.Tensor) or null.dtype != torch.bool or tuple(null.shape) != (batch,):
+            got = tuple(null.shape) if isinstance(null, torch.Tensor) else type(null).__name__
+            raise IQVAEError(f"'null' must be a bool tensor of shape ({batch},) (rows given the null condition), "
+                             f"got {got}")
+
+    # ------------------------------------------------------------------ condition inputs (classifier-free guidance)
+    def _cond_embeds(self, cond: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
+        """``(B, n_cond, C)``: the condition token embeddings; rows with ``null[b]`` get the null condition
+        ``wte_null`` instead (a table of its own: no condition code stands for "no condition")."""
+        x = self.wte_cond(cond)
+        if null is None:
+            return x
+        return torch.where(null[:, None, None], self.wte_null.weight[None].to(x.dtype), x)
+
+    def _align_embeds(self, cond: torch.Tensor, index: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
+        """``cond_align`` input ``wte_align(cond[:, index])``; zero for null rows (the unconditional model sees no
+        condition anywhere: its prefix is ``wte_null`` and its slots get no aligned condition code)."""
+        e = self.wte_align(cond[:, index])
+        return e if null is None else e.masked_fill(null[:, None, None], 0.0)
+
     # ------------------------------------------------------------------ embeddings
     def embed_image_soft(self, probs: torch.Tensor) -> torch.Tensor:
         """Embedding of a (soft or one-hot) distribution over image codes: ``probs @ wte_image.weight``."""
@@ -474,17 +522,21 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ training path
     def forward(
-        self, cond: torch.Tensor, image: torch.Tensor, image_embeds: torch.Tensor | None = None
+        self, cond: torch.Tensor, image: torch.Tensor, image_embeds: torch.Tensor | None = None,
+        null: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``(B, t, image_vocab)``; ``logits[:, j]`` predicts ``image[:, j]`` from cond and ``image[:, :j]``.
 
         ``image`` is ``(B, t)`` with ``1 <= t <= n_image``; only ``image[:, :t-1]`` is fed to the network.
         ``image_embeds`` ``(B, t, n_embd)``, if given, replaces the image token embeddings (again only the first
         ``t - 1`` rows are used); Gumbel sampling passes soft / straight-through sample embeddings this way.
+        ``null`` ``(B,)`` bool, if given, marks the rows that get the null condition instead of ``cond`` (needs
+        ``cfg_dropout > 0``; see :meth:`_cond_embeds`).
         """
         cfg = self.config
         self.check_cond(cond)
         B = cond.shape[0]
+        self._check_null(null, B)
         self._check_tokens("image", image, (B, None), cfg.image_vocab)
         t = image.shape[1]
         if not 1 <= t <= cfg.n_image:
@@ -498,9 +550,9 @@ class GPT(nn.Module):
                     f"got {tuple(image_embeds.shape)}"
                 )
             img = image_embeds[:, : t - 1]
-        x = torch.cat([self.wte_cond(cond), img], dim=1)
+        x = torch.cat([self._cond_embeds(cond, null), img], dim=1)
         if self.wte_align is not None:  # slots n_cond-1 .. n_cond+t-2 predict image tokens 0 .. t-1
-            x = x + F.pad(self.wte_align(cond[:, self.align_index[:t]]), (0, 0, cfg.n_cond - 1, 0))
+            x = x + F.pad(self._align_embeds(cond, self.align_index[:t], null), (0, 0, cfg.n_cond - 1, 0))
         above = self._above(img, t, cfg.n_cond - 1)
         if above is not None:
             x = x + above
@@ -522,23 +574,26 @@ class GPT(nn.Module):
             )
         return self.lm_head(self._trunk(embeds, start_pos, cache))
 
-    def prefill(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed the condition prefix; returns the logits ``(B, V)`` of the first image token."""
+    def prefill(self, cond: torch.Tensor, cache: KVCache, null: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed the condition prefix; returns the logits ``(B, V)`` of the first image token.  ``null`` ``(B,)``
+        bool: rows given the null condition (as in :meth:`forward`)."""
         self.check_cond(cond)
-        x = self.wte_cond(cond)
+        self._check_null(null, cond.shape[0])
+        x = self._cond_embeds(cond, null)
         if self.wte_align is not None:  # the last condition slot predicts image token 0
-            x = x + F.pad(self.wte_align(cond[:, self.align_index[:1]]), (0, 0, self.config.n_cond - 1, 0))
+            x = x + F.pad(self._align_embeds(cond, self.align_index[:1], null), (0, 0, self.config.n_cond - 1, 0))
         h = self._trunk(x, 0, self._checked_cache(cache, cond.shape[0]))
         return self.lm_head(h[:, -1])
 
     def decode(self, token: torch.Tensor, pos: int, cache: KVCache, cond: torch.Tensor | None = None,
-               above: torch.Tensor | None = None) -> torch.Tensor:
+               above: torch.Tensor | None = None, null: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one image token ``(B, 1)`` at absolute sequence position ``pos`` (``n_cond + j`` for image token j);
         returns the logits ``(B, V)`` of the image token at position ``pos + 1``.  ``cond`` ``(B, n_cond)`` (the
         prefilled condition) is needed with ``cond_align``: the slot gets the aligned condition token's embedding.
         ``above`` ``(B, above_window)``, the image tokens :meth:`above_offsets` before the predicted one (any value
         where a window position lies past the row's end: it is left out), is needed with ``above_input`` once the
-        predicted token has a row above it.
+        predicted token has a row above it.  ``null`` ``(B,)`` bool: the rows prefilled with the null condition (their
+        aligned condition input is zero, as in :meth:`forward`).
 
         Hot path: shape and position are checked but ids are not range-checked (that would sync a GPU every token).
         """
@@ -553,7 +608,7 @@ class GPT(nn.Module):
         if self.wte_align is not None:
             if cond is None or cond.shape[0] != token.shape[0]:
                 raise IQVAEError("decode needs the condition tokens (cond=, shape (B, n_cond)) when cond_align is on")
-            x = x + self.wte_align(cond[:, self.align_index[j : j + 1]])
+            x = x + self._align_embeds(cond, self.align_index[j : j + 1], null)
         W = self.above_offset
         if W and j >= W:
             K = self.config.above_window

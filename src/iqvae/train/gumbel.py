@@ -32,6 +32,10 @@ Modes (``GumbelConfig.mode``)
 ``pkeep``    taming-transformers' random corruption: each input token is kept with probability ``pkeep`` and
              otherwise replaced by a uniformly random image code; the loss is against the gold sequence.
 
+Classifier-free guidance: ``training_loss(..., null=mask)`` passes the ``(B,)`` mask of the rows whose condition is
+the model's null condition (drawn per step by :func:`iqvae.train.transformer.null_condition_mask`) to every model
+call of the step, so both Gumbel passes see the same dropped rows.
+
 ``rq-soft``  RQ-Transformer's soft labelling and stochastic sampling (RQ-VAE paper Sec. 3.2.3), adapted to a setting
              where only the code ids are stored: RQ uses ``Q(k | z) ∝ exp(-||z - e_k||^2 / tau)`` with z the encoder
              feature; we substitute the gold code's embedding for z: ``q_j(k) = softmax_k(-||e_gold(j) - e_k||^2 /
@@ -228,6 +232,11 @@ def gumbel_softmax_sample(
     return one_hot + (y - y.detach())
 
 
+def _null(null: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The model's ``null=`` keyword only when rows are dropped: without guidance every call is as before."""
+    return {} if null is None else {"null": null}
+
+
 def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
@@ -262,10 +271,10 @@ def gumbel_stats(step: int, cfg: GumbelConfig, candidates: torch.Tensor | None =
 
 def gumbel_mix(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
                codebook: torch.Tensor | None, generator: torch.Generator | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+               null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Steps 1-3 of the Gumbel mode: returns (mixed image embeddings (B, t, C), replaced mask (B, t), stats)."""
     with torch.set_grad_enabled(cfg.first_pass_grad and torch.is_grad_enabled()):
-        logits1 = model(cond, image)
+        logits1 = model(cond, image, **_null(null))
     probs = torch.softmax(logits1.detach().float(), dim=-1)
     candidates, replace = _replace_mask(probs, image, step, cfg, codebook, generator)
     y = gumbel_softmax_sample(logits1, tau(step, cfg), cfg.hard, generator)
@@ -277,13 +286,13 @@ def gumbel_mix(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: G
 
 def gumbel_mix_tokens(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
                       codebook: torch.Tensor | None, generator: torch.Generator | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+                      null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The token fast path of :func:`gumbel_mix` (``hard`` and no ``first_pass_grad``): returns (mixed token ids
     (B, t), replaced mask (B, t), stats), drawing the same random numbers in the same order as :func:`gumbel_mix`."""
     if not cfg.hard or cfg.first_pass_grad:
         raise IQVAEError("gumbel_mix_tokens is exact only with gumbel.hard=true and gumbel.first_pass_grad=false")
     with torch.no_grad():
-        logits1 = model(cond, image).float()
+        logits1 = model(cond, image, **_null(null)).float()
         probs = torch.softmax(logits1, dim=-1)
         candidates, replace = _replace_mask(probs, image, step, cfg, codebook, generator)
         # argmax((log p + g) / tau) = argmax(logits + g): log_softmax and tau do not move the argmax
@@ -303,26 +312,28 @@ def rq_soft_targets(image: torch.Tensor, codebook: torch.Tensor, temperature: fl
 
 def training_loss(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg: GumbelConfig,
                   codebook: torch.Tensor | None, generator: torch.Generator | None = None, *,
-                  token_fast_path: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+                  token_fast_path: bool = True, null: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """Transformer training loss for one batch under ``cfg.mode``; returns (scalar loss, stats to log).
 
     ``codebook`` (V, D) is the image codebook of the tokenizer (needed by ``rq-soft``; for ``gumbel`` it defines
     the reliability, ``None`` meaning orthonormal codes).  Random draws come from ``generator``.
     ``token_fast_path=False`` builds the straight-through embeddings even where feeding token ids is exact (``hard``
     and no ``first_pass_grad``): the same loss and gradients, slower; for the exactness test and ``iqvae bench train``.
+    ``null`` ``(B,)`` bool: rows given the null condition (classifier-free guidance) in every model call of the step.
     """
     V = getattr(model, "module", model).config.image_vocab  # DDP-wrapped or not
     if cfg.mode == "teacher":
-        return _ce(model(cond, image), image), {}
+        return _ce(model(cond, image, **_null(null)), image), {}
 
-    if cfg.mode == "gumbel":
+    if cfg.mode == "gumbel":  # both passes see the same rows dropped
         if step % cfg.every != 0:
-            return _ce(model(cond, image), image), gumbel_stats(step, cfg)
+            return _ce(model(cond, image, **_null(null)), image), gumbel_stats(step, cfg)
         if token_fast_path and not tau_acts(cfg):
-            tokens, _, stats = gumbel_mix_tokens(model, cond, image, step, cfg, codebook, generator)
-            return _ce(model(cond, tokens), image), stats
-        mixed, _, stats = gumbel_mix(model, cond, image, step, cfg, codebook, generator)
-        return _ce(model(cond, image, image_embeds=mixed), image), stats
+            tokens, _, stats = gumbel_mix_tokens(model, cond, image, step, cfg, codebook, generator, null)
+            return _ce(model(cond, tokens, **_null(null)), image), stats
+        mixed, _, stats = gumbel_mix(model, cond, image, step, cfg, codebook, generator, null)
+        return _ce(model(cond, image, image_embeds=mixed, **_null(null)), image), stats
 
     if cfg.mode == "pkeep":
         device = generator.device if generator is not None else image.device
@@ -331,7 +342,7 @@ def training_loss(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg
         corrupted = torch.where(keep, image, noise)
         # the last column is never an input, so count only the t-1 fed positions
         fed = (~keep[:, :-1]).float().mean().item() if image.shape[1] > 1 else 0.0
-        return _ce(model(cond, corrupted), image), {"pk_replaced": fed}
+        return _ce(model(cond, corrupted, **_null(null)), image), {"pk_replaced": fed}
 
     if cfg.mode == "rq-soft":
         if codebook is None:
@@ -345,7 +356,7 @@ def training_loss(model, cond: torch.Tensor, image: torch.Tensor, step: int, cfg
             codes = (torch.log(q.clamp_min(tiny)) + _gumbel_noise(q, generator)).argmax(-1)
         else:
             codes = image
-        logits = model(cond, codes)
+        logits = model(cond, codes, **_null(null))
         if cfg.rq_soft_labels:
             loss = -(q * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
         else:

@@ -22,7 +22,7 @@ from ..config import opt, to_dict
 from ..errors import ConfigError
 from ..metrics.nll import validation_nll
 from ..models.gpt import GPT, GPTConfig, GPTOptions
-from .common import LoopConfig, StepBatches, set_lr
+from .common import LoopConfig, StepBatches, set_lr, shard
 from .gumbel import GumbelConfig, training_loss
 from .loop import Run, fit, guarded_step, open_run, restore
 
@@ -83,6 +83,23 @@ def train_transformer(cfg: TransformerRunConfig, run_dir: str | Path, *, resume:
     return fit(run, stage, progress=progress, stop_after=stop_after)
 
 
+def null_condition_mask(step: int, rate: float, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                        device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """Classifier-free guidance dropout: this process's ``(batch_size // world,)`` bool mask of the samples of step
+    ``step`` whose condition is replaced by the null condition (each with probability ``rate``); None when ``rate`` is 0
+    (no draw at all, so a run without guidance is unchanged).
+
+    Like the batch itself (:func:`~iqvae.train.common.batch_indices`) the coins are a pure function of (seed, step): one
+    per sample of the global batch from a generator seeded for that step, sharded like the batch.  So a resumed run
+    draws the same coins, N processes drop the same samples as one, and torch's global RNG (Gumbel's draws) is not
+    touched."""
+    if not rate:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 0x5EEDC0DE * 2**32)  # a stream apart from the batches'
+    coins = (torch.rand(batch_size, generator=g) < rate).tolist()
+    return torch.tensor(shard(coins, rank, world), dtype=torch.bool, device=device)
+
+
 class _TransformerStage:
     """Stage 2's part of the loop (see :class:`~iqvae.train.loop.Stage`): one step of the training loss of
     ``gumbel.mode``; the log rows average the loss and the Gumbel statistics over the steps since the last row."""
@@ -112,9 +129,13 @@ class _TransformerStage:
     def step(self, step: int, batch: tuple[torch.Tensor, torch.Tensor], lr: float) -> None:
         acc, (cond, image) = self.run.acc, batch
         set_lr(self.optimizer, lr)
+        t = self.cfg.train
+        null = null_condition_mask(step, self.cfg.model.cfg_dropout, t.batch_size, t.seed, acc.process_index,
+                                   acc.num_processes, acc.device)
         with acc.accumulate(self.model):
             with acc.autocast():
-                loss, stats = training_loss(self.model, cond, image, step, self.cfg.gumbel, self.codebook)
+                dropped = {} if null is None else {"null": null}  # without guidance the call is as before
+                loss, stats = training_loss(self.model, cond, image, step, self.cfg.gumbel, self.codebook, **dropped)
             acc.backward(loss)
             guarded_step(acc, self.optimizer, self.model, {"loss": loss}, part="transformer",
                          clip=self.cfg.train.grad_clip)
