@@ -8,7 +8,6 @@ import torch
 
 from iqvae.data.conditions import (
     LOG_MEL_FLOOR,
-    TextVocab,
     boxes_to_layout,
     canny_edges,
     gaussian_heatmaps,
@@ -19,9 +18,9 @@ from iqvae.data.conditions import (
     mel_to_hz,
     one_hot_seg,
     seg_boundaries,
-    tokenize,
 )
 from iqvae.errors import ConfigError, DataError, IQVAEError
+from iqvae.modalities.text import TextVocab, tokenize
 
 # ------------------------------------------------------------------------------------------------ heatmaps
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 import iqvae.cli as cli
-from iqvae.data.preview import HEADER, PAD, label_colours, tile_size
+from iqvae.data.preview import HEADER, PAD, tile_size
+from iqvae.modalities.palette import label_colours
 from iqvae.data.shapes import ShapesDataset, tensor_to_image
 
 ALL = "seg,edge,keypoints,layout,text,audio"

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from iqvae.data.conditions import LOG_MEL_FLOOR, mel_centres, tokenize
+from iqvae.data.conditions import LOG_MEL_FLOOR, mel_centres
 from iqvae.data.config import DataConfig, build_dataset
-from iqvae.data.record import MODALITIES, collate
+from iqvae.data.record import collate
+from iqvae.modalities import MODALITIES
+from iqvae.modalities.text import tokenize
 from iqvae.data.shapes import (
     CLASS_FREQS,
     COLOURS,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from iqvae.config import from_dict, to_dict
-from iqvae.data.record import ConditionSpec
+from iqvae.modalities import ConditionSpec
 from iqvae.errors import CheckpointError, ConfigError, DataError, IQVAEError
 from iqvae.losses import random_projections, sliced_gromov_wasserstein_reference
 from iqvae.models.tokenizer import IQVAE, IQVAEConfig

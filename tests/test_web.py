@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from iqvae import web
-from iqvae.condition_io import label_palette
+from iqvae.modalities.palette import label_palette
 from iqvae.errors import CheckpointError
 
 RES = 16

@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data.record import ConditionSpec
-from .modalities import MAX_UPLOAD_PIXELS, get_modality  # noqa: F401  (re-exported)
-from .modalities.palette import colorize_labels, label_palette  # noqa: F401  (re-exported)
+from .modalities import ConditionSpec, get_modality
 
 
 def condition_from_image(img: Image.Image, spec: ConditionSpec, resolution: int, source: str = "image") -> torch.Tensor:

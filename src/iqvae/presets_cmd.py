@@ -9,7 +9,7 @@ def preset_rows() -> list[dict]:
     import torch
 
     from .config import additions, build_config, list_presets
-    from .data.record import ConditionSpec
+    from .modalities import ConditionSpec
     from .models.gpt import GPT, GPTConfig
     from .train.tokenizer import TokenizerRunConfig
     from .train.transformer import TransformerRunConfig

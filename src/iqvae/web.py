@@ -2,7 +2,7 @@
 condition type.
 
 The page: a condition-type selector; a drawing canvas for spatial conditions (segmentation painted in the
-:func:`~iqvae.condition_io.label_palette` colours, with a legend; edge maps in white on black), a file upload (label-id
+:func:`~iqvae.modalities.palette.label_palette` colours, with a legend; edge maps in white on black), a file upload (label-id
 or palette PNG, edge image, ``.safetensors`` tensor, ``.txt`` caption, ``.wav``) and a caption box for text models; an
 "example condition" button that loads the next test-split condition of the model's dataset; sliders for the number of
 samples, top-k, top-p, temperature and seed (and the classifier-free guidance scale, shown only for a model with a null
@@ -222,12 +222,13 @@ def _to_pil(x: Any) -> "Image.Image":
 def condition_from_upload(path: str | Path, pipe: Any, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Any:
     """Read an uploaded condition file, enforcing the size limits before decoding anything.
 
-    Too large (bytes over ``max_upload_mb`` or pixels over :data:`~iqvae.condition_io.MAX_UPLOAD_PIXELS`), an
+    Too large (bytes over ``max_upload_mb`` or pixels over :data:`~iqvae.modalities.MAX_UPLOAD_PIXELS`), an
     unreadable file or an image of the wrong mode raise :class:`~iqvae.errors.DataError` with a message.
     """
     from PIL import Image
 
-    from .condition_io import MAX_UPLOAD_PIXELS, condition_from_image, load_condition
+    from .condition_io import condition_from_image, load_condition
+    from .modalities import MAX_UPLOAD_PIXELS
 
     path = Path(path)
     name = path.name

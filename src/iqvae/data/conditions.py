@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..modalities.text import PAD, UNK, TextVocab, tokenize  # noqa: F401  (the caption word conventions, re-exported)
 
 LOG_MEL_EPS = 1e-5
 LOG_MEL_FLOOR = math.log(LOG_MEL_EPS)

@@ -19,9 +19,10 @@ from PIL import Image, ImageDraw
 
 from ..errors import DataError
 from ..modalities import get_modality
-from ..modalities.palette import colormap, label_colours, upscale as _upscale  # noqa: F401  (re-exported)
+from ..modalities.palette import upscale as _upscale
 from ..modalities.palette import font as _font
-from .record import ConditionSpec, PairDataset, Sample
+from ..modalities import ConditionSpec
+from .record import PairDataset, Sample
 
 MIN_TILE = 128
 PAD = 4

@@ -16,7 +16,7 @@ audio         sequence    float32 (M, F)      log-mel spectrogram, M mel bands, 
 ``spec.channels`` is the number of classes (seg, layout), 1 (edge), K (keypoints), the vocabulary size (text) or the
 number of mel bands (audio); ``spec.length`` is T (text) or F (audio) and ``None`` for spatial modalities.
 Each modality's contract, check and everything else about it is its object in :mod:`iqvae.modalities`;
-:class:`ConditionSpec` lives there too and is re-exported here.
+:class:`ConditionSpec` lives there too.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..modalities import MODALITIES, SEQUENCE, SPATIAL, ConditionSpec, modality_names  # noqa: F401  (re-exported)
+from ..modalities import ConditionSpec, modality_names
 
 
 def check_modalities(names: list[str] | tuple[str, ...], available: tuple[str, ...] | None = None) -> list[str]:

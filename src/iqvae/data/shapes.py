@@ -49,8 +49,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..modalities import MODALITIES, ConditionSpec
+from ..modalities.text import TextVocab
 from .conditions import (
-    TextVocab,
     boxes_to_layout,
     canny_edges,
     gaussian_heatmaps,
@@ -58,7 +59,7 @@ from .conditions import (
     seg_boundaries,
 )
 from .config import SPLITS, DataConfig, register_dataset
-from .record import MODALITIES, ConditionSpec, PairDataset, Sample, check_modalities
+from .record import PairDataset, Sample, check_modalities
 
 WORLD_VERSION = 1
 CLASS_NAMES: tuple[str, ...] = ("background", "circle", "square", "triangle", "diamond", "ring", "cross")

@@ -95,7 +95,7 @@ class Seg(Modality):
             far = d.min(-1) > 3 * 40 ** 2
             if far.mean() > 0.05:
                 raise DataError(f"{source}: {far.mean():.0%} of the pixels are not painted in the label palette "
-                                f"(see iqvae.condition_io.label_palette); use a PNG of label ids instead")
+                                f"(see iqvae.modalities.palette.label_palette); use a PNG of label ids instead")
         else:
             raise DataError(f"{source}: a segmentation must be an RGB or a label-id (L/P/I) image, got mode {img.mode}")
         t = torch.from_numpy(arr).long()

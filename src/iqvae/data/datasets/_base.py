@@ -6,7 +6,7 @@ A loader subclasses :class:`FolderDataset` and implements
   calling ``self._problem(path, reason, kind)`` for each missing pair / malformed annotation it meets;
 * ``_load(item)`` -> ``(image, cond, extra, meta)`` for ``self.cond``, raising :class:`~._io.FileError` naming the
   file when something cannot be read;
-* ``_spec(modality)`` -> the :class:`~iqvae.data.record.ConditionSpec` of a supported modality.
+* ``_spec(modality)`` -> the :class:`~iqvae.modalities.ConditionSpec` of a supported modality.
 
 Bad files.  Without ``skip_bad`` the first problem is a :class:`~iqvae.errors.DataError` naming the file (at
 construction for missing pairs, at ``__getitem__`` for files that do not decode).  With ``skip_bad`` the item is
@@ -29,7 +29,8 @@ import torch
 
 from ...errors import DataError
 from ..config import SPLITS, DataConfig
-from ..record import ConditionSpec, PairDataset, Sample
+from ...modalities import ConditionSpec
+from ..record import PairDataset, Sample
 from ._io import VAL_FRACTION, FileError, find_subroot, require_dir, split_train_pool
 
 log = logging.getLogger("iqvae.data")

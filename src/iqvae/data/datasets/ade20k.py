@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import register_dataset
-from ..record import ConditionSpec
+from ...modalities import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import FileError, image_tensor, list_files, read_label_map, read_rgb, require_dir, \
     resize_crop_image, resize_crop_labels

@@ -16,7 +16,7 @@ Image: cropped around the bird's bounding box to a square of side ``1.5 * max(w,
 and centre crop.
 
 Condition: ``text``.  Caption ``index % n`` of the image's captions is used (deterministic; set
-:attr:`CUB200.caption_slot` to pin one slot), tokenised by the shared :class:`~iqvae.data.conditions.TextVocab` and
+:attr:`CUB200.caption_slot` to pin one slot), tokenised by the shared :class:`~iqvae.modalities.text.TextVocab` and
 padded / truncated to :data:`CAPTION_LENGTH` tokens.  The vocabulary is built from the captions of the whole
 official training list (before the ``val`` carve-out and ``limit``), so every split and every run on the same files
 share it; it is stored in ``condition_spec("text").vocab`` so checkpoints carry it.  ``extra`` holds ``caption``
@@ -31,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import register_dataset
-from ..record import ConditionSpec
+from ...modalities import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import FileError, image_tensor, read_rgb, read_text, require_dir, require_file, resize_crop_image, \
     safe_unpickle
@@ -118,7 +118,7 @@ class CUB200(FolderDataset):
                     continue
                 items.append(Item(name, {"image": image, "text": caption_file}, {"captions": captions, "box": box}))
             pools[split] = items
-        from ..conditions import TextVocab
+        from ...modalities.text import TextVocab
 
         self.vocab = TextVocab.build(c for it in pools["train"] for c in it.data["captions"])
         return self._official_splits(pools["train"], pools["test"])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config import register_dataset
-from ..record import ConditionSpec
+from ...modalities import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import image_tensor, letterbox, letterbox_box, list_files, read_rgb, read_text, \
     require_dir, require_file

@@ -37,7 +37,7 @@ from PIL import Image
 
 from ...errors import DataError
 from ..config import register_dataset
-from ..record import ConditionSpec
+from ...modalities import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import IMAGE_EXTS, FileError, image_tensor, list_files, open_image, read_label_map, read_rgb, read_text, \
     require_dir, resize_crop, resize_crop_image, resize_crop_labels, split_three_way
@@ -131,7 +131,7 @@ class Pairs(FolderDataset):
                                 f"(e.g. {bad})")
             self.channels = next(iter(counts), 1)
         elif self.cond == "text":
-            from ..conditions import TextVocab
+            from ...modalities.text import TextVocab
 
             captions = []
             for it in train:

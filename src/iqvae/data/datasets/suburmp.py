@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import register_dataset
-from ..record import ConditionSpec
+from ...modalities import ConditionSpec
 from ._base import FolderDataset, Item, LoadResult, builder
 from ._io import fix_length, image_tensor, list_files, read_rgb, read_wav, require_dir, resample_linear, \
     resize_crop_image
