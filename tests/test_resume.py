@@ -54,7 +54,17 @@ def _check(kind, tmp_path, extra, log_name):
     assert r.returncode == 2 and "--resume" in r.stderr
     r = subprocess.run(_cmd(kind, cut, extra + ["--set", "train.lr=0.5"]) + ["--resume"], env=ENV,
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "configuration differs" in r.stderr
+    assert r.returncode == 2 and "configuration differs" in r.stderr and "at train.lr " in r.stderr
+
+
+def test_config_differences_names_keys_and_lets_machine_settings_change():
+    from iqvae.train.common import config_differences
+
+    saved = {"model": {"a": 1, "b": [1, 2]}, "train": {"lr": 0.1, "threads": 2, "device": "cpu"}}
+    same_math = {"model": {"a": 1, "b": [1, 2]}, "train": {"lr": 0.1, "threads": 1, "device": "cuda:1"}}
+    assert config_differences(saved, same_math) == []
+    other = {"model": {"a": 2, "b": [1, 3], "c": 0}, "train": {"lr": 0.1}}
+    assert config_differences(saved, other) == ["model.a", "model.b", "model.c"]
 
 
 def test_tokenizer_resume_reproduces_the_loss_curve(tmp_path):

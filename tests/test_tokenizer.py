@@ -309,6 +309,39 @@ def test_cond_cell_head_off_by_default_and_refused_for_non_spatial_conditions():
         from_dict(IQVAEConfig, {"cond_cell_head": "yes"})
 
 
+@pytest.mark.parametrize("modality", ["edge", "text"])
+def test_cond_cell_colour_target_by_hand(modality):
+    """cond_cell_target='colour': squared error of the head against each cell's mean image colour; 'both' adds the
+    condition term; the colour target works for text (D_x reads its latent cells in place), 'both' does not."""
+    spec = SPECS[modality]
+    model = IQVAE(tiny("iq-vr", cond_cell_head=True, cond_cell_target="colour"), spec)
+    x, c = image(), make_cond(spec)
+    out = model(x, c)
+    zq = out.encoding.zq_cond
+    h, w = model.grid
+    cells = x.reshape(2, 3, h, 2, w, 2).mean(dim=(3, 5))
+    wt, b = model.cond_cell_head.weight[:, :, 0, 0], model.cond_cell_head.bias
+    assert wt.shape[0] == 3
+    pred = torch.einsum("od,bdhw->bohw", wt, zq) + b[None, :, None, None]
+    assert out.cond_cell.item() == pytest.approx(((pred - cells) ** 2).mean().item(), rel=1e-5)
+    gx = torch.autograd.grad(out.cond_cell, model.encoder.conv_in.weight, allow_unused=True)[0]
+    assert gx is None or gx.abs().sum() == 0  # the target is the image, but only the condition branch learns
+    if modality == "text":
+        with pytest.raises(ConfigError, match="cond_cell_target='both'.*spatial"):
+            IQVAE(tiny("iq-vr", cond_cell_head=True, cond_cell_target="both"), spec)
+        return
+    both = IQVAE(tiny("iq-vr", cond_cell_head=True, cond_cell_target="both"), spec)
+    out = both(x, c)
+    wt, b = both.cond_cell_head.weight[:, :, 0, 0], both.cond_cell_head.bias
+    pred = torch.einsum("od,bdhw->bohw", wt, out.encoding.zq_cond) + b[None, :, None, None]
+    edge_cells = c.reshape(2, 1, h, 2, w, 2).mean(dim=(3, 5))
+    expect = ((torch.nn.functional.softplus(pred[:, :1]) - edge_cells * pred[:, :1]).mean()
+              + ((pred[:, 1:] - cells) ** 2).mean())
+    assert out.cond_cell.item() == pytest.approx(expect.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="cond_cell_target"):
+        from_dict(IQVAEConfig, {"cond_cell_target": "image"})
+
+
 def test_quant_is_sum_of_both_quantizers_and_shared_codebook():
     spec = SPECS["seg"]
     model = IQVAE(tiny("iq-vr", cond_num_codes=32), spec)

@@ -242,6 +242,26 @@ def make_accelerator(cfg: LoopConfig, grad_accum: int = 1):
     )
 
 
+# Machine settings that do not change what is trained: a run may resume on another device or thread count.
+RESUME_FREE = ("train.threads", "train.device")
+
+
+def config_differences(saved: Any, config: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two config dicts differ, except :data:`RESUME_FREE`."""
+    if not (isinstance(saved, dict) and isinstance(config, dict)):
+        return [] if saved == config or prefix in RESUME_FREE else [prefix or "<top level>"]
+    out = []
+    for k in sorted(set(saved) | set(config), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if key in RESUME_FREE:
+            continue
+        if k not in saved or k not in config:
+            out.append(key)
+        else:
+            out += config_differences(saved[k], config[k], key)
+    return out
+
+
 def prepare_run_dir(run_dir: Path, config: dict[str, Any], *, resume: bool, main: bool) -> Path:
     """Check ``--resume`` against the folder (a checkpoint exists, the configuration is the saved one) or refuse to
     overwrite a run; write ``config.yaml``.  Returns the path of the resumable checkpoint ``checkpoints/last``."""
@@ -254,8 +274,11 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], *, resume: bool, main
         if not last.is_dir():
             raise CheckpointError(f"--resume: no checkpoint at '{last}'")
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if saved != config:
-            raise ConfigError(f"--resume: the configuration differs from the one saved in '{run_dir / 'config.yaml'}'")
+        diff = config_differences(saved, config)
+        if diff:
+            raise ConfigError(f"--resume: the configuration differs from the one saved in '{run_dir / 'config.yaml'}' "
+                              f"at {', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''} (only "
+                              f"{' and '.join(RESUME_FREE)} may change on resume)")
     elif last.exists():
         raise ConfigError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
