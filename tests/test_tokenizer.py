@@ -342,24 +342,6 @@ def test_cond_cell_colour_target_by_hand(modality):
         from_dict(IQVAEConfig, {"cond_cell_target": "image"})
 
 
-@pytest.mark.parametrize("modality", ["edge", "audio"])
-def test_cond_cell_code_target_by_hand(modality):
-    """cond_cell_target='code': cross-entropy of the head on the condition feature against the cell's image code."""
-    spec = SPECS[modality]
-    model = IQVAE(tiny("iq-vr", cond_cell_head=True, cond_cell_target="code"), spec)
-    x, c = image(), make_cond(spec)
-    out = model(x, c)
-    wt, b = model.cond_cell_head.weight[:, :, 0, 0], model.cond_cell_head.bias
-    assert wt.shape[0] == model.num_image_codes
-    logits = torch.einsum("od,bdhw->bohw", wt, out.encoding.zq_cond) + b[None, :, None, None]
-    logp = logits.log_softmax(1)
-    idx = out.encoding.img_indices
-    expect = -logp.gather(1, idx[:, None]).mean()
-    assert out.cond_cell.item() == pytest.approx(expect.item(), rel=1e-5)
-    gx = torch.autograd.grad(out.cond_cell, model.encoder.conv_in.weight, allow_unused=True)[0]
-    assert gx is None or gx.abs().sum() == 0  # the image codes are targets, not trained by this loss
-
-
 def test_quant_is_sum_of_both_quantizers_and_shared_codebook():
     spec = SPECS["seg"]
     model = IQVAE(tiny("iq-vr", cond_num_codes=32), spec)

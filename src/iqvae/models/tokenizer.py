@@ -112,13 +112,11 @@ class IQVAEConfig:
         "feature alone (loss.cond_cell_weight), so a condition code names its own cell's content rather than leaving "
         "it to D_c's context.  true: on (refused for text and audio, whose latents are not pixel patches); "
         "'spatial': on for seg, edge, keypoints and layout, off for text and audio; false: off", ours=True)
-    cond_cell_target: Literal["condition", "colour", "both", "code"] = opt(
+    cond_cell_target: Literal["condition", "colour", "both"] = opt(
         "condition", "what the condition cell head predicts: 'condition' (the cell's pooled condition, above), "
         "'colour' (the cell's mean image colour, squared error: the expected colour given the condition, so a "
         "condition code names what its cell looks like, e.g. the class an edge outline implies, which the GPT then "
-        "reads off locally), 'both' (the two losses summed) or 'code' (cross-entropy against the cell's image code: "
-        "the condition code learns the distribution of image codes at its cell, what the transformer must predict)",
-        ours=True)
+        "reads off locally) or 'both' (the two losses summed)", ours=True)
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 
@@ -183,13 +181,11 @@ def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
         raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(names)}")
     if config.variant == "svq" and spec.modality not in spatial:
         raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(spatial)}); got '{spec.modality}'")
-    pixel_target = config.cond_cell_target in ("condition", "both")
-    if config.cond_cell_head is True and spec.modality not in spatial and pixel_target:
+    if config.cond_cell_head is True and spec.modality not in spatial and config.cond_cell_target != "colour":
         raise ConfigError(f"option 'tokenizer.cond_cell_head' with cond_cell_target='{config.cond_cell_target}' "
                           f"needs a spatial condition ({', '.join(spatial)}) whose latent cells cover pixel patches; "
                           f"got '{spec.modality}' (cond_cell_head='spatial' turns it on for spatial conditions only; "
-                          "cond_cell_target='colour' or 'code' works for every condition: D_x reads its latent cells "
-                          "in place)")
+                          "cond_cell_target='colour' works for every condition: D_x reads its latent cells in place)")
     spec.modality_obj.check_spec(spec)
 
 
@@ -264,8 +260,7 @@ class IQVAE(nn.Module):
         self.cond_decoder = self.modality.build_decoder(spec, c, nets) if c.cond_decoder else None
         self.colour_head = nn.Conv2d(2 * d if c.colour_head_cond else d, 3, 1) if c.colour_head else None
         cell_head = c.cond_cell_head is True or (c.cond_cell_head == "spatial" and self.modality.kind == "spatial")
-        cell_out = {"condition": self.cond_in_channels, "colour": 3, "both": self.cond_in_channels + 3,
-                    "code": c.num_codes}
+        cell_out = {"condition": self.cond_in_channels, "colour": 3, "both": self.cond_in_channels + 3}
         self.cond_cell_head = nn.Conv2d(d, cell_out[c.cond_cell_target], 1) if cell_head else None
 
     # ------------------------------------------------------------------------------------------------ construction
@@ -461,7 +456,7 @@ class IQVAE(nn.Module):
                                quant=enc.q_loss_img + enc.q_loss_cond, sgw=sgw, cond_recon=cond_recon,
                                stats=dict(enc.stats), encoding=enc,
                                colour=self.colour_loss(enc.zq_img, image, feat if c.variant != "vqgan-pair" else None),
-                               cond_cell=self.cond_cell_loss(enc.zq_cond, cond, image, enc.img_indices))
+                               cond_cell=self.cond_cell_loss(enc.zq_cond, cond, image))
 
     def colour_loss(self, zq_img: torch.Tensor, image: torch.Tensor, cond_feat: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -478,14 +473,14 @@ class IQVAE(nn.Module):
         target = F.adaptive_avg_pool2d(image, zq_img.shape[-2:])
         return (self.colour_head(inp) - target).abs().mean()
 
-    def cond_cell_loss(self, zq_cond: torch.Tensor, cond: torch.Tensor, image: torch.Tensor | None = None,
-                       img_indices: torch.Tensor | None = None) -> torch.Tensor:
+    def cond_cell_loss(self, zq_cond: torch.Tensor, cond: torch.Tensor, image: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """Loss of the condition cell head on ``zq_cond`` (B, D, h, w).  Target ``condition``: each cell's pooled
         condition input (:meth:`condition_input` averaged over the cell's pixel patch), per modality as
         :meth:`condition_loss`: seg: cross-entropy with the class histogram as soft target; edge, layout: binary
         cross-entropy with the pooled map; keypoints: squared error.  Target ``colour``: squared error against the
-        mean colour of each cell's pixel patch of ``image``.  ``both``: the sum.  ``code``: cross-entropy against
-        the cell's image code ``img_indices`` (rq: the first level).  0 without ``config.cond_cell_head``."""
+        mean colour of each cell's pixel patch of ``image``.  ``both``: the sum.  0 without
+        ``config.cond_cell_head``."""
         if self.cond_cell_head is None:
             return _zero(zq_cond)
         pred, target = self.cond_cell_head(zq_cond), self.config.cond_cell_target
@@ -498,11 +493,6 @@ class IQVAE(nn.Module):
             if image is None:
                 raise DataError(f"cond_cell_target='{target}' needs the image")
             loss = loss + F.mse_loss(pred[:, -3:], F.adaptive_avg_pool2d(image, zq_cond.shape[-2:]))
-        if target == "code":
-            if img_indices is None:
-                raise DataError("cond_cell_target='code' needs the image codes")
-            codes = img_indices[..., 0] if img_indices.dim() == 4 else img_indices
-            loss = loss + F.cross_entropy(pred, codes)
         return loss
 
     # ------------------------------------------------------------------------------------------------ checkpoints
