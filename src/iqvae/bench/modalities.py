@@ -299,7 +299,7 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
                              "stages and evaluations (an interrupted stage resumes), or delete them")
     previous = _read_json(out / "modalities.json")
     order = schedule(plans, previous)
-    say(f"{len(order)} conditions on {workers} worker(s) x {threads} torch thread(s), slowest first: "
+    say(f"{len(order)} condition(s) on {workers} worker(s) x {threads} torch thread(s), slowest first: "
         + ", ".join(f"{p.cond} (~{_duration(estimated_seconds(p, previous))})" for p in order))
     results: dict[str, dict[str, Any]] = {}
 
