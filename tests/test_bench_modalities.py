@@ -226,3 +226,20 @@ def test_resume_reuses_finished_runs_and_refuses_without_flag(bench, capsys):
     for cond in CONDS:
         for k in (*METRICS, "train_seconds", "guidance"):
             assert after[cond][k] == before[cond][k]
+
+
+def test_a_failed_condition_does_not_stop_the_others(bench, tmp_path, monkeypatch):
+    import iqvae.bench.modalities as bm
+
+    real = bm.run_modality
+
+    def flaky(plan):
+        if plan.cond == "text":
+            raise RuntimeError("boom")
+        return real(plan)
+
+    monkeypatch.setattr(bm, "run_modality", flaky)
+    out = tmp_path / "partial"
+    with pytest.raises(IQVAEError, match=r"failed: text \(RuntimeError: boom\); the others' results are in .*--resume"):
+        run_modalities_bench(_args(bench, resume=True, jobs=1, out=str(out)))
+    assert sorted(_read(out / "modalities.json")) == ["seg"]

@@ -302,29 +302,41 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
     say(f"{len(order)} condition(s) on {workers} worker(s) x {threads} torch thread(s), slowest first: "
         + ", ".join(f"{p.cond} (~{_duration(estimated_seconds(p, previous))})" for p in order))
     results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
 
-    def finished(r: dict[str, Any]) -> None:
-        results[r["cond"]] = r
+    def finished(cond: str, get) -> None:
+        try:
+            r = get()
+        except Exception as e:  # noqa: BLE001 -- one condition's failure does not stop the others
+            failed[cond] = f"{type(e).__name__}: {e}"
+            say(f"{cond} FAILED: {failed[cond]}")
+            return
+        results[cond] = r
         secs = sum(t["seconds"] for t in r["timings"].values())
-        say(f"{len(results)}/{len(order)} done: {r['cond']} ({secs:.0f} s of training)")
+        say(f"{len(results) + len(failed)}/{len(order)} done: {cond} ({secs:.0f} s of training)")
 
     if workers == 1:
         for p in order:
-            finished(run_modality(p))
+            finished(p.cond, lambda p=p: run_modality(p))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_modality, p) for p in order]  # taken in this order
+            futures = {pool.submit(run_modality, p): p.cond for p in order}  # taken in this order
             for fut in as_completed(futures):
-                finished(fut.result())
+                finished(futures[fut], fut.result)
     info = {"machine": machine_info(), "jobs": workers, "threads": threads, "cpu_count": os.cpu_count(),
             "runs_dir": str(runs), "preset_prefix": args.preset_prefix,
             "set": list(getattr(args, "set", None) or []), "wall_seconds": time.perf_counter() - started,
             "command": command_line(args, conds, jobs)}
-    written = write_outputs(out, plans, results, info)
-    say(f"wrote {', '.join(str(p) for p in written)}")
+    if results:
+        written = write_outputs(out, [p for p in plans if p.cond in results], results, info)
+        say(f"wrote {', '.join(str(p) for p in written)}")
+    if failed:
+        raise IQVAEError("failed: " + "; ".join(f"{c} ({m})" for c, m in failed.items())
+                         + (f"; the others' results are in {out}" if results else "")
+                         + "; re-run with --resume to reuse what finished")
     return 0
 
 

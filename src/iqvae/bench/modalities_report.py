@@ -81,16 +81,21 @@ def _secs(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.0f}"
 
 
+def _protocol(s: dict[str, Any]) -> str:
+    return (f"the first {s['conditions']} {s['split']} conditions × {s['samples']} samples (top-k {s['top_k']}, "
+            f"seed {s['eval_seed']})")
+
+
 def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], guidance_png: bool) -> str:
     m = info["machine"]
-    any_entry = next(iter(entries.values()))
-    st = any_entry["settings"]
+    protocols = {_protocol(e["settings"]) for e in entries.values()}
+    res = sorted({e["settings"]["resolution"] for e in entries.values()})
     lines = [
         "# Quality bar per condition modality (issue 14)", "",
-        f"Shapes world at {st['resolution']} px. Each condition's preset (`{info['preset_prefix']}-<cond>`) is trained "
-        "end to end (tokenizer, token codes, transformer) and evaluated by the code of `iqvae evaluate` on the first "
-        f"{st['conditions']} {st['split']} conditions × {st['samples']} samples (top-k {st['top_k']}, seed "
-        f"{st['eval_seed']}) at the temperature T and guidance scale s of its preset.", "",
+        f"Shapes world at {'/'.join(map(str, res))} px. Each condition's preset (`{info['preset_prefix']}-<cond>`) is "
+        "trained end to end (tokenizer, token codes, transformer) and evaluated by the code of `iqvae evaluate` on "
+        + (next(iter(protocols)) if len(protocols) == 1 else "the test conditions of its preset (settings below)")
+        + " at the temperature T and guidance scale s of its preset.", "",
         f"Written by `{info['command']}` on commit {m.get('commit')}: {info['cpu_count']} CPU core(s), GPU "
         f"{m.get('cuda') or 'none'}, torch {m.get('torch')}; {info['jobs']} worker(s) × {info['threads']} torch "
         f"thread(s); wall time {info['wall_seconds'] / 60:.1f} min.", "",
@@ -116,13 +121,14 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
     if resumed:
         lines += ["", "\\* a stage resumed from a checkpoint: its time counts only the session that finished it."]
     lines += ["", "## Settings", "",
-              "| condition | preset | tokenizer | transformer | train s (tokenizer / codes / transformer) | "
-              "our additions |", "|---|---|---|---|---|---|"]
+              "| condition | preset | evaluation | tokenizer | transformer | train s (tokenizer / codes / transformer) "
+              "| our additions |", "|---|---|---|---|---|---|---|"]
     for cond, e in entries.items():
         s, ts = e["settings"], e["train_stage_seconds"]
         tok, gpt = s["tokenizer"], s["transformer"]
         lines.append(
-            f"| {cond} | `{s['preset']}` | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g} | "
+            f"| {cond} | `{s['preset']}` | {s['conditions']} × {s['samples']}, top-k {s['top_k']}, seed "
+            f"{s['eval_seed']} | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g} | "
             f"{gpt['steps']} steps × {gpt['batch_size']}, lr {gpt['lr']:g}, GPT {gpt['n_layer']} × {gpt['n_embd']}, "
             f"cfg_dropout {gpt['cfg_dropout']:g} | " + " / ".join(_secs(ts.get(k)) for k in STAGES)
             + " | " + (", ".join(f"`{a}`" for a in s["additions"]) or "none") + " |")
@@ -146,9 +152,10 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
                       "diversity is mode coverage. s = 1 is unguided sampling."]
     lines += ["", "## Samples", ""]
     for cond, e in entries.items():
-        lines += [f"`{cond}`: the first {e['grid_rows']} test conditions (condition, then {e['settings']['samples']} samples at "
-                  f"T = {e['settings']['temperature']:g}, s = {e['settings']['cfg_scale']:g}; the evaluation's own "
-                  f"draws)", "", f"![{cond} samples]({e['grid']})", ""]
+        st = e["settings"]
+        lines += [f"`{cond}`: the first {e['grid_rows']} test conditions (condition, then {st['samples']} samples at "
+                  f"T = {st['temperature']:g}, s = {st['cfg_scale']:g}; the evaluation's own draws)", "",
+                  f"![{cond} samples]({e['grid']})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -42,7 +42,7 @@ class QualitySettings:
     cfg_scale: float = opt(1.0, "classifier-free guidance scale of the evaluation (1: none; other values need "
                                 "transformer.model.cfg_dropout > 0)")
     guidance_sweep: list[float] = opt(factory=list, help="guidance scales of the fidelity-diversity curve "
-                                                          "(guidance.png), each evaluated at `temperature` (empty: none)")
+                                      "(guidance.png), each evaluated at `temperature` (empty: none)")
     conditions: int = opt(64, "held-out test conditions: the first N items of the test split")
     samples: int = opt(8, "samples per condition")
     eval_seed: int = opt(0, "sampling seed of the evaluation")
