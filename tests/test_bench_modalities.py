@@ -243,3 +243,26 @@ def test_a_failed_condition_does_not_stop_the_others(bench, tmp_path, monkeypatc
     with pytest.raises(IQVAEError, match=r"failed: text \(RuntimeError: boom\); the others' results are in .*--resume"):
         run_modalities_bench(_args(bench, resume=True, jobs=1, out=str(out)))
     assert sorted(_read(out / "modalities.json")) == ["seg"]
+
+
+def test_an_interrupted_stage_resumes_and_its_evaluations_are_redone(bench, tmp_path, capsys):
+    """Runs last: the seg transformer loses its final model (as if killed after its last checkpoint)."""
+    before = _read(bench / "results" / "modalities.json")["seg"]
+    shutil.rmtree(bench / "runs" / "seg" / "stage2" / "transformer")
+    (bench / "runs" / "seg" / "stage2" / "report.json").unlink()
+    out = tmp_path / "resumed"
+    capsys.readouterr()
+    assert run_modalities_bench(_args(bench, conds="seg", resume=True, jobs=1, out=str(out))) == 0
+    log = capsys.readouterr().out
+    assert "resuming transformer" in log and "training tokenizer" not in log
+    assert "evaluating T=0.6 s=2" in log and "evaluating T=0.6 s=1 " in log  # new weights file: evaluated again
+    e = _read(out / "modalities.json")["seg"]
+    assert e["train_resumed"] == ["transformer"]
+    # it resumed with the thread count the run was started with (two workers' share), not this session's
+    timings = _read(bench / "runs" / "seg" / "timings.json")
+    assert timings["transformer"]["threads"] == timings["tokenizer"]["threads"]
+    assert e["train_stage_seconds"]["tokenizer"] == before["train_stage_seconds"]["tokenizer"]
+    row = next(line for line in (out / "modalities.md").read_text().splitlines() if line.startswith("| seg | "))
+    assert f"| {e['train_seconds']:.0f}* |" in row
+    for k in METRICS:  # the resumed run restores the last checkpoint, which was the final step: same model
+        assert e[k] == before[k]

@@ -173,6 +173,8 @@ def run_modality(plan: ModalityPlan) -> dict[str, Any]:
     check_same_config(s2, gpt, _HINT)
     timings: dict[str, Any] = _read_json(d / "timings.json")
     log = lambda msg: say(f"{c}: {msg}")  # noqa: E731
+    tok = _resume_threads(s1, "tokenizer", plan.tok, log)
+    gpt = _resume_threads(s2, "transformer", gpt, log)
     trained = False
 
     def timed(stage: str, done: bool, fn) -> None:
@@ -183,17 +185,19 @@ def run_modality(plan: ModalityPlan) -> dict[str, Any]:
         resumed = stage != "encode" and ckpt.is_dir()
         t0 = time.perf_counter()
         fn()
-        timings[stage] = {"seconds": time.perf_counter() - t0, "threads": plan.threads, "resumed": resumed}
+        threads = (tok if stage != "transformer" else gpt).train.threads
+        timings[stage] = {"seconds": time.perf_counter() - t0, "threads": threads, "resumed": resumed}
         write_json(d / "timings.json", timings)
         trained = True
         log(f"{stage} {'resumed and finished' if resumed else 'done'} in {timings[stage]['seconds']:.0f} s")
 
     timed("tokenizer", stage_done(s1 / "tokenizer") and (s1 / "report.json").is_file(),
-          lambda: ensure_tokenizer(plan.tok, s1, progress=plan.progress, say=log))
+          lambda: ensure_tokenizer(tok, s1, progress=plan.progress, say=log))
     timed("encode", (codes / "codes.json").is_file(),
           lambda: ensure_codes(plan.tok, s1, codes, progress=plan.progress, say=log))
     timed("transformer", stage_done(s2 / "transformer") and (s2 / "report.json").is_file(),
           lambda: ensure_transformer(gpt, s2, progress=plan.progress, say=log))
+    torch.set_num_threads(plan.threads)  # a resumed stage may have set its own
     if trained:
         copy_pipeline(s1 / "tokenizer", s2 / "transformer", d)
     else:
@@ -206,6 +210,23 @@ def run_modality(plan: ModalityPlan) -> dict[str, Any]:
     grid = _grid(plan, d, weights, log)
     return {"cond": c, "timings": timings, "evals": {str(s): str(p) for s, p in evals.items()}, "grid": str(grid),
             "trained": trained}
+
+
+def _resume_threads(run_dir: Path, stage: str, cfg: Any, log) -> Any:
+    """``cfg`` with the thread count an unfinished run in ``run_dir`` was started with: a resumed run must keep its
+    configuration (thread counts change float sums), even when this session has another number of workers."""
+    import yaml
+
+    from ..stages import stage_done
+
+    saved = run_dir / "config.yaml"
+    if stage_done(run_dir / stage) or not (run_dir / "checkpoints" / "last").is_dir() or not saved.is_file():
+        return cfg
+    threads = (yaml.safe_load(saved.read_text()).get("train") or {}).get("threads")
+    if threads != cfg.train.threads:
+        log(f"{stage} resumes with the {threads} thread(s) it was started with")
+        cfg = apply_overrides(cfg, [f"train.threads={threads if threads is not None else 'null'}"])
+    return cfg
 
 
 def _request(q: QualitySettings, scale: float, weights: list[int]) -> dict[str, Any]:
