@@ -110,30 +110,35 @@ def make_plan(cond: str, prefix: str, over: dict[str, list[str]], runs: Path, th
     return ModalityPlan(cond, preset, tok, gpt, q, runs / cond, threads, progress)
 
 
-# Per-sample training cost on the idle 2-core machine, from the `small` seg run of docs/performance.md (tokenizer
-# 1000 x 16 samples of 32 px in 283 s; transformer 900 x 16 sequences of 512 tokens, 4 x 128, in about 800 s): only
-# used to order the work before any run of a condition has been timed.
+# Costs on the idle 2-core machine, from the `small` seg run of docs/performance.md (tokenizer 1000 x 16 samples of
+# 32 px in 283 s; transformer 900 x 16 sequences of 512 tokens, 4 x 128, in about 800 s; `iqvae evaluate` of 64 x 8
+# samples of 256 image tokens in 30 s; guidance: about 1.7 x the unguided sampling time): only used to order the work.
 _TOK_S_PER_PIXEL_SAMPLE = 283 / (1000 * 16 * 32 * 32)
 _GPT_S_PER_TOKEN_SAMPLE = 800 / (900 * 16 * 512 * 4 * 128)
+_SAMPLE_S_PER_TOKEN = 30 / (64 * 8 * 256 * 4 * 128)
+_GUIDED = 1.7
 
 
 def estimated_seconds(plan: ModalityPlan, previous: dict[str, Any]) -> float:
     """The condition's training time measured before (``previous``: an earlier modalities.json), else a proxy from
-    its steps, batch and sizes."""
+    its steps, batch and sizes; plus a proxy of its evaluations (one per guidance scale)."""
+    t, g, m, gm = plan.tok.train, plan.gpt.train, plan.tok.model, plan.gpt.model
+    grid = m.resolution // 2 ** (len(m.ch_mult) - 1)
+    n_image = grid * grid * (m.rq_depth if m.quantizer == "rq" else 1)
+    q = plan.quality
+    evals = sum(_GUIDED if s != 1 else 1.0 for s in q.scales())
+    sampling = evals * q.conditions * q.samples * n_image * gm.n_layer * gm.n_embd * _SAMPLE_S_PER_TOKEN
     known = (previous.get(plan.cond) or {}).get("train_seconds")
     if isinstance(known, (int, float)) and known > 0:
-        return float(known)
-    t, g, m = plan.tok.train, plan.gpt.train, plan.tok.model
-    grid = m.resolution // 2 ** (len(m.ch_mult) - 1)
-    depth = m.rq_depth if m.quantizer == "rq" else 1
-    seq = grid * grid * (1 + depth)
+        return float(known) + sampling
     return (t.steps * t.batch_size * m.resolution ** 2 * _TOK_S_PER_PIXEL_SAMPLE
-            + g.steps * g.batch_size * seq * plan.gpt.model.n_layer * plan.gpt.model.n_embd * _GPT_S_PER_TOKEN_SAMPLE)
+            + g.steps * g.batch_size * (grid * grid + n_image) * gm.n_layer * gm.n_embd * _GPT_S_PER_TOKEN_SAMPLE
+            + sampling)
 
 
 def schedule(plans: list[ModalityPlan], previous: dict[str, Any]) -> list[ModalityPlan]:
     """Longest first (the order workers take them in): the slowest conditions start at once, the short ones fill
-    the gaps at the end."""
+    the gaps at the end (ties keep the given order)."""
     return sorted(plans, key=lambda p: -estimated_seconds(p, previous))
 
 
