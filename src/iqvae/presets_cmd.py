@@ -8,7 +8,8 @@ import argparse
 def preset_rows() -> list[dict]:
     import torch
 
-    from .config import additions, build_config, list_presets
+    from .bench.quality import quality_settings
+    from .config import additions, build_config, list_presets, load_preset, to_dict
     from .modalities import ConditionSpec
     from .models.gpt import GPT, GPTConfig
     from .train.tokenizer import TokenizerRunConfig
@@ -37,6 +38,7 @@ def preset_rows() -> list[dict]:
             "gpt_train": f"{gpt.train.epochs} epochs" if gpt.train.epochs else f"{gpt.train.steps} steps",
             "batch": f"{tok.train.batch_size}/{gpt.train.batch_size}",
             "additions": [f"tokenizer.{a}" for a in additions(tok)] + [f"transformer.{a}" for a in additions(gpt)],
+            "quality": to_dict(quality_settings(name)) if "quality" in load_preset(name) else None,
         })
     return rows
 
@@ -52,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     print("\nOur additions (not in the paper; docs/design.md) each preset turns on:")
     for r in rows:
         print(f"  {r['preset']}: {', '.join(r['additions']) or 'none'}")
+    quality = [r for r in rows if r["quality"] is not None]
+    if quality:
+        print("\nEvaluation settings (`quality:`, read by `iqvae bench modalities`):")
+        for r in quality:
+            print(f"  {r['preset']}: " + ", ".join(f"{k} {v}" for k, v in r["quality"].items()))
     print("\nUse with --preset NAME; files in iqvae/presets/*.yaml (a preset may start with `extends: NAME`); "
           "override any option with --set key=value.")
     return 0

@@ -14,6 +14,23 @@ from typing import Any, Callable
 Say = Callable[[str], None]
 
 
+def check_same_config(run_dir: Path, cfg: Any, hint: str) -> None:
+    """Refuse to reuse or resume ``run_dir`` when its saved ``config.yaml`` differs from ``cfg`` (the thread count
+    aside: it does not change what is trained); ``hint`` says what to do instead."""
+    import yaml
+
+    from .config import to_dict
+    from .errors import IQVAEError
+
+    saved = run_dir / "config.yaml"
+
+    def comparable(d: dict[str, Any]) -> dict[str, Any]:
+        return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
+
+    if saved.is_file() and comparable(yaml.safe_load(saved.read_text())) != comparable(to_dict(cfg)):
+        raise IQVAEError(f"'{run_dir}' holds a run with another configuration (preset, --set or code changed); {hint}")
+
+
 def stage_done(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 

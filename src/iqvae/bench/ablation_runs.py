@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import apply_overrides, opt, to_dict
+from ..config import apply_overrides, opt
 from ..errors import IQVAEError
-from ..stages import ensure_codes, ensure_tokenizer, ensure_transformer
+from ..stages import check_same_config, ensure_codes, ensure_tokenizer, ensure_transformer
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,7 @@ SYSTEMS: dict[str, System] = {
     "iq-vr+gs+rq": System("IQ-VAE w/ VR + RQ + T + GS", "iq-vr-rq",
                           ("model.variant=iq-vr", "model.quantizer=rq", "model.rq_depth=2"), ("gumbel.mode=gumbel",)),
 }
+_HINT = "choose another --work folder or delete it"
 TABLE3 = ("vqgan-pair", "iq-none", "iq-vr", "iq-vr+gs")
 
 
@@ -74,17 +73,6 @@ class Plan:
     tok_configs: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_same_config(run_dir: Path, cfg: Any) -> None:
-    saved = run_dir / "config.yaml"
-
-    def comparable(d: dict[str, Any]) -> dict[str, Any]:  # the thread count does not change what is trained
-        return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
-
-    if saved.is_file() and comparable(yaml.safe_load(saved.read_text())) != comparable(to_dict(cfg)):
-        raise IQVAEError(f"'{run_dir}' holds a run with another configuration (budget, --set or code changed); "
-                         "choose another --work folder or delete it")
-
-
 def _grid_ch_mult(ch_mult: tuple[int, ...], resolution: int, grid: int) -> tuple[int, ...]:
     levels = int(round(math.log2(resolution / grid))) + 1
     if grid < 1 or resolution % grid or 2 ** (levels - 1) != resolution // grid:
@@ -100,7 +88,7 @@ def tokenizer_run(plan: Plan, system: System, seed: int, grid: int | None = None
         cfg = apply_overrides(cfg, [f"model.ch_mult={list(_grid_ch_mult(cfg.model.ch_mult, cfg.model.resolution, grid))}"])
         key = f"{key}-g{grid}"
     run = plan.work / "tok" / f"{key}-s{seed}"
-    _check_same_config(run, cfg)
+    check_same_config(run, cfg, _HINT)
     ensure_tokenizer(cfg, run, progress=plan.progress, say=say)
     codes = ensure_codes(cfg, run, run / "codes", progress=plan.progress, say=say)
     return run, cfg, codes
@@ -109,7 +97,7 @@ def tokenizer_run(plan: Plan, system: System, seed: int, grid: int | None = None
 def transformer_run(plan: Plan, name: str, system: System, seed: int, codes: Path, tag: str = "") -> Path:
     cfg = apply_overrides(plan.gpt_base, [f"codes={codes.resolve()}", *system.gpt_overrides, f"train.seed={seed}"])
     run = plan.work / "gpt" / f"{name}{tag}-s{seed}"
-    _check_same_config(run, cfg)
+    check_same_config(run, cfg, _HINT)
     ensure_transformer(cfg, run, progress=plan.progress, say=say)
     return run
 

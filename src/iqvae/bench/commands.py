@@ -1,4 +1,4 @@
-"""``iqvae bench sampling | train | sgw | ablation``: measurements printed side by side in one run."""
+"""``iqvae bench sampling | train | sgw | ablation | modalities``: measurements printed side by side in one run."""
 
 from __future__ import annotations
 
@@ -63,8 +63,10 @@ def run_ablation(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..modalities import MODALITIES
+    from .modalities import register as register_modalities
 
-    p = sub.add_parser("bench", help="benchmarks: sampling speed, Gumbel training cost, regularizer cost, ablation")
+    p = sub.add_parser("bench", help="benchmarks: sampling speed, Gumbel training cost, regularizer cost, ablation, "
+                                     "quality bar per modality")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
     s = bsub.add_parser("sampling", help="tokens/s: KV-cache sampler vs full-recompute reference, and matmul-bound share")
@@ -116,3 +118,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="runs trained side by side in worker processes, each with cores/jobs torch threads "
                         "(default: 2 without a GPU, where one-thread workers beat one two-thread run; 1 with a GPU)")
     a.set_defaults(func=run_ablation)
+
+    register_modalities(bsub)

@@ -22,6 +22,9 @@ from ..data.record import PairDataset
 from ..errors import IQVAEError
 
 
+BATCH_CONDITIONS = 8  # conditions per sampler call: the draws of a condition depend on its batch
+
+
 @dataclass
 class SampleSet:
     images: torch.Tensor  # (C, N, 3, H, W) in [-1, 1]
@@ -33,7 +36,7 @@ class SampleSet:
 
 def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditions: int,
                  samples_per_condition: int, seed: int = 0, top_k: int | None = 100, top_p: float | None = None,
-                 temperature: float = 1.0, batch_conditions: int = 8, progress: bool = False,
+                 temperature: float = 1.0, batch_conditions: int = BATCH_CONDITIONS, progress: bool = False,
                  guidance_scale: float = 1.0) -> SampleSet:
     from tqdm.auto import tqdm
 
