@@ -181,6 +181,22 @@ def test_predictor_names_its_fd_and_serves_as_extractor(tmp_path):
         resolve_extractor(data=data, extractor=str(tmp_path / "pairs-layout"))  # not a checkpoint
 
 
+def test_a_text_dataset_gets_a_thumbnail_only_feature_network():
+    from iqvae.data.config import DataConfig
+    from iqvae.models.predictor import ConditionPredictor
+    from iqvae.train.predictor import objective
+
+    assert objective(DataConfig(dataset="pairs", cond="text")) == "thumb"
+    assert objective(DataConfig(dataset="pairs", cond="layout")) == "layout"
+    m = ConditionPredictor(None, 16, width=4, feature_dim=8, thumb=2, name="pairs-thumb-cnn").eval()
+    dense, thumb = m.outputs(torch.zeros(2, 3, 16, 16))
+    assert dense is None and thumb.shape == (2, 3, 2, 2) and m(torch.zeros(2, 3, 16, 16)).shape == (2, 8)
+    with pytest.raises(IQVAEError, match="predicts no condition"):
+        m.predict(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(IQVAEError, match="spatial conditions only"):
+        ConditionPredictor({"modality": "text", "channels": 5, "length": 3, "vocab": None}, 16)
+
+
 # ------------------------------------------------------------------------------------ evaluation: entry and floor
 class _Stub:
     """A 'predictor' that reads back fixed conditions: the entry must score exactly those."""
