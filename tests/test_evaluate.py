@@ -41,7 +41,8 @@ def evaluated(model_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     out = model_dir / "eval"
     rc = main(["evaluate", "--model", str(model_dir), "--conditions", str(COND), "--samples", str(SAMPLES),
-               "--seed", str(SEED), "--extractor-steps", "3", "--cache", str(cache), "--recon-items", "8",
+               "--seed", str(SEED), "--extractor-steps", "3", "--predictor-steps", "3", "--cache", str(cache),
+               "--recon-items", "8",
                "--out", str(out), "--no-progress"])
     assert rc == 0
     return json.loads((out / "metrics.json").read_text()), (out / "metrics.md").read_text(), cache
@@ -50,7 +51,7 @@ def evaluated(model_dir, tmp_path_factory):
 def test_json_keys_and_names(evaluated):
     res, md, cache = evaluated
     m = res["metrics"]
-    assert set(m) == {"fd", "kid", "swd", "lpips_diversity", "nll", "reconstruction", "shapes"}
+    assert set(m) == {"fd", "kid", "swd", "lpips_diversity", "nll", "reconstruction", "shapes", "control"}
     assert m["fd"]["name"] == "FD-shapes-cnn" and m["kid"]["name"] == "KD-shapes-cnn"
     assert m["fd"]["real"] == COND and m["fd"]["fake"] == COND * SAMPLES
     assert m["reconstruction"]["rfd"]["name"] == "rFD-shapes-cnn"
@@ -70,6 +71,16 @@ def test_json_keys_and_names(evaluated):
     assert "| scene_accuracy (samples; real ceiling) | " in md and "; 1 |" in md.split("| scene_accuracy")[1]
     # the classifier was trained once into the cache and is reused
     assert len(list((cache / "extractors").glob("shapes-32-*"))) == 1
+    # controllability: the seg predictor trained on the world's train split, beside its oracle
+    c = m["control"]
+    assert c["available"] and c["metric"] == "miou" and c["predictor"] == "shapes-seg-cnn"
+    assert c["conditions"] == COND and c["samples_per_condition"] == SAMPLES
+    assert len(list((cache / "predictors").glob("shapes-seg-32-*"))) == 1
+    assert "| control: miou (samples; real oracle; higher is better, shapes-seg-cnn) |" in md
+    # the FD floor: reference reals vs the next C x N real items, same extractor
+    f = m["fd"]["floor"]
+    assert f["available"] and (f["set_a"], f["set_b"]) == (COND, min(COND * SAMPLES, 8 - COND))
+    assert "| FD-shapes-cnn floor (real vs real) |" in md
 
 
 def test_values_match_direct_calls(model_dir, evaluated):
@@ -90,6 +101,15 @@ def test_values_match_direct_calls(model_dir, evaluated):
     ext = load_feature_classifier(next((cache / "extractors").glob("shapes-32-*")))
     fake = s.images.reshape(COND * SAMPLES, 3, 32, 32)
     assert m["fd"]["value"] == pytest.approx(frechet_distance(s.real, fake, ext), rel=1e-9, abs=1e-9)
+    others = torch.stack([test[i].image for i in range(COND, 8)])
+    assert m["fd"]["floor"]["value"] == pytest.approx(frechet_distance(s.real, others, ext), rel=1e-9, abs=1e-9)
+    from iqvae.metrics.control import miou
+    from iqvae.models.predictor import ConditionPredictor
+
+    pred = ConditionPredictor.from_pretrained(next((cache / "predictors").glob("shapes-seg-32-*")))
+    seg = torch.stack(s.conds)
+    assert m["control"]["samples"] == pytest.approx(miou(pred.predict(fake), seg.repeat_interleave(SAMPLES, 0)))
+    assert m["control"]["real"] == pytest.approx(miou(pred.predict(s.real), seg))
     assert m["swd"]["mean"] == pytest.approx(swd_entry(s.real, s.images, SEED)["mean"], rel=1e-9)
     # FD of a set against itself is 0 through the same code path
     r_real, _ = reconstructions(pipe.tokenizer, test, "seg", 8)

@@ -307,6 +307,9 @@ def test_evaluate_command_passes_cfg_scale(pipelines, monkeypatch):
 
     monkeypatch.setattr(ev, "evaluate_model", fake_evaluate)
     monkeypatch.setattr(ex, "resolve_extractor", lambda **kw: (None, "none in this test"))
+    import iqvae.train.predictor as tp
+
+    monkeypatch.setattr(tp, "resolve_predictor", lambda *a, **kw: (None, "none in this test"))
     guided = str(pipelines["guided"][1])
     assert main(["evaluate", "--model", guided, "--cfg-scale", "1.75", "--no-progress"]) == 2
     assert seen["guidance_scale"] == 1.75

@@ -19,7 +19,6 @@ COMMAND_MODULES: list[str] = [
     "iqvae.train.commands",
     "iqvae.sample_commands",
     "iqvae.evaluation.commands",
-    "iqvae.metrics.commands",
     "iqvae.bench.commands",
     "iqvae.demo",
     "iqvae.web",

@@ -52,6 +52,21 @@ def run_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_pairs
+    from .shapes import check_resolution
+
+    try:
+        check_resolution(args.resolution, "--resolution")
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    out = export_pairs(args.out, args.cond, args.n, split=args.split, resolution=args.resolution, seed=args.seed,
+                       start=args.start)
+    print(f"wrote {args.n} {args.world} {args.split} scenes with '{args.cond}' conditions to {out} (pairs layout); "
+          f"check it with `iqvae data check pairs {out} --cond {args.cond} --resolution {args.resolution}`")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``iqvae data`` and its subcommands."""
     data = subparsers.add_parser("data", help="inspect datasets: preview samples and conditions",
@@ -78,6 +93,22 @@ def register(subparsers: Any) -> None:
                    help="edge condition: exact object outlines (default) or Canny 100/200 on the image")  # fmt: skip
     p.add_argument("--out", required=True, help="output PNG file (its folder must exist)")
     p.set_defaults(func=run_preview)
+
+    from .export import EXPORTABLE
+
+    e = data_subparsers.add_parser(
+        "export", help="write Shapes scenes as a generic pairs folder (images/ + conditions/)",
+        description="Write scenes of the built-in world as a folder in the generic 'pairs' layout "
+        "(images/NAME.png + conditions/NAME.<ext>), to try training on a folder of your own.")
+    e.add_argument("--world", choices=WORLDS, default="shapes", help="built-in world (default shapes)")
+    e.add_argument("--cond", choices=EXPORTABLE, default="seg", help="condition to write (default seg)")
+    e.add_argument("-n", "--num", dest="n", type=int, default=1000, help="number of scenes (default 1000)")
+    e.add_argument("--split", choices=("train", "val", "test"), default="train", help="world split (default train)")
+    e.add_argument("--start", type=int, default=0, help="index of the first scene (default 0)")
+    e.add_argument("--resolution", type=int, default=32, help="image resolution in pixels (default 32)")
+    e.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    e.add_argument("--out", required=True, help="output folder (new or empty)")
+    e.set_defaults(func=run_export)
 
     try:
         from .datasets.commands import register as _reg

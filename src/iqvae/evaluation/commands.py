@@ -1,5 +1,5 @@
-"""``iqvae evaluate``: every metric of a pipeline on a split (FD/KD, SWD, LPIPS diversity, NLL, reconstruction,
-the Shapes world's exact metrics)."""
+"""``iqvae evaluate``: every metric of a pipeline on a split (FD/KD with their floor, SWD, LPIPS diversity, NLL,
+reconstruction, controllability, the Shapes world's exact metrics)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..metrics.extractor import resolve_extractor
     from ..pipeline import IQVAEPipeline
     from ..sampling import check_guidance
+    from ..train.predictor import PredictorRecipe, resolve_predictor
     from .evaluate import evaluate_model
     from .results import metric_rows, write_results
 
@@ -35,6 +36,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise IQVAEError(f"--top-k must be at least 1 (or omitted with --no-top-k); got {args.top_k}")
     if args.extractor_steps < 1:
         raise IQVAEError(f"--extractor-steps must be at least 1; got {args.extractor_steps}")
+    if args.predictor_steps < 1:
+        raise IQVAEError(f"--predictor-steps must be at least 1; got {args.predictor_steps}")
+    if args.predictor and not Path(args.predictor).is_dir():
+        raise IQVAEError(f"--predictor '{args.predictor}' is not a folder (expected a condition predictor written by "
+                         "`iqvae train-extractor`)")
     if not Path(args.model).is_dir():
         raise IQVAEError(f"--model '{args.model}' is not a folder (expected a pipeline folder with tokenizer/ and "
                          "transformer/)")
@@ -47,12 +53,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     lpips, lpips_reason = build_lpips_from_args(args)
     extractor, source = resolve_extractor(data=data, extractor=args.extractor, inception_weights=args.inception_weights,
                                           cache=args.cache, steps=args.extractor_steps, log=tqdm.write)
+    predictor, psource = resolve_predictor(data, predictor=args.predictor, cache=args.cache,
+                                           recipe=PredictorRecipe(steps=args.predictor_steps),
+                                           need_features=extractor is None, progress=not args.no_progress,
+                                           log=tqdm.write)
+    if extractor is None and predictor is not None:  # any dataset: FD in the predictor's feature space
+        extractor, source = predictor, f"the encoder of the {psource}"
     res = evaluate_model(args.model, split=args.split, conditions=args.conditions, samples=args.samples,
                          seed=args.seed, top_k=None if args.no_top_k else args.top_k, top_p=args.top_p,
                          temperature=args.temperature, guidance_scale=args.cfg_scale, extractor=extractor,
                          extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=args.codes, real_images=args.real_images,
-                         recon_items=args.recon_items, progress=not args.no_progress)
+                         recon_items=args.recon_items, progress=not args.no_progress, predictor=predictor,
+                         predictor_source=psource)
     out = args.out or str(Path(args.model) / f"eval-{args.split}")
     js, md = write_results(res, out)
     for k, v in metric_rows(res):
@@ -62,8 +75,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="FD/KD, SWD, LPIPS diversity, NLL, reconstruction and Shapes metrics of a "
-                                        "pipeline; writes metrics.json and metrics.md")
+    p = sub.add_parser("evaluate", help="FD/KD, SWD, LPIPS diversity, NLL, reconstruction, controllability and "
+                                        "Shapes metrics of a pipeline; writes metrics.json and metrics.md")
     p.add_argument("--model", required=True, help="pipeline folder (tokenizer/ + transformer/)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default test)")
     p.add_argument("--conditions", type=int, default=16, help="first N items of the split are the conditions")
@@ -76,11 +89,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale (1: none; other values need a transformer trained with "
                         "model.cfg_dropout > 0)")
-    p.add_argument("--extractor", default=None, help="feature classifier folder (iqvae train-extractor) for FD/KD")
+    p.add_argument("--extractor", default=None,
+                   help="feature network folder (`iqvae train-extractor`) for FD/KD (default: on the Shapes world its "
+                        "cached classifier, elsewhere the condition predictor's encoder)")
     p.add_argument("--inception-weights", default=None,
                    help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth): the metric is then FID")
     p.add_argument("--extractor-steps", type=int, default=2000,
                    help="Shapes world without an extractor: training steps of the cached classifier (default 2000)")
+    p.add_argument("--predictor", default=None,
+                   help="condition predictor folder (`iqvae train-extractor --model ...`) that judges "
+                        "controllability (default: one trained on the model's train split and cached)")
+    p.add_argument("--predictor-steps", type=int, default=1000,
+                   help="training steps of the cached condition predictor (default 1000)")
     p.add_argument("--cache", default=None, help="cache folder (default $IQVAE_CACHE or ~/.cache/iqvae)")
     p.add_argument("--lpips-backbone", default=None, help="LPIPS backbone weights (vgg16-397923af.pth / alexnet-owt-...)")
     p.add_argument("--lpips-lin", default=None, help="LPIPS calibration weights (lpips' weights/v0.1/vgg.pth / alex.pth)")

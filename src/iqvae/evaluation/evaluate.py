@@ -17,10 +17,15 @@ Protocol (also written into both files):
   the pipeline's checkpoints); the codes of the evaluated split when present, else of ``val``.
 * reconstruction: the tokenizer on the first ``recon_items`` items: PSNR, SSIM, codebook usage / perplexity,
   condition reconstruction (:mod:`iqvae.metrics.tokenizer_report`) and rFD = FD(reals, reconstructions).
+* FD floor: FD of real vs real images of the split under the same extractor (:mod:`iqvae.evaluation.control`).
 * Shapes world: palette accuracy, mask mIoU, mode coverage, scene accuracy / precision / recall of the samples;
   all but mode coverage of the C real images (the ceiling); ``fit`` names the ones that judge the condition
   (:attr:`iqvae.modalities.base.Modality.fit_metrics`: masks for spatial conditions, scene accuracy for text and
   audio).
+* controllability, on any dataset: each sample's condition read back by the modality's judge (Canny for edges, a
+  condition predictor trained on the train split for seg / layout / keypoints, scene accuracy for text and audio on
+  the Shapes world) against its input condition, beside the same judge's score on the C real images (the oracle);
+  :mod:`iqvae.evaluation.control`.
 """
 
 from __future__ import annotations
@@ -32,12 +37,9 @@ from typing import Any
 import torch
 
 from ..errors import IQVAEError
+from .control import unavailable
 
 KID_SUBSETS = 100
-
-
-def unavailable(reason: str) -> dict[str, Any]:
-    return {"available": False, "reason": reason}
 
 
 def fd_kid(real: torch.Tensor, fake: torch.Tensor, extractor: Any, seed: int = 0) -> tuple[dict, dict]:
@@ -125,14 +127,18 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
                    seed: int = 0, top_k: int | None = 100, top_p: float | None = None, temperature: float = 1.0,
                    extractor: Any = None, extractor_source: str = "", lpips: Any = None, lpips_reason: str = "",
                    codes: str | None = None, real_images: int | None = None, recon_items: int = 256,
-                   progress: bool = False, guidance_scale: float = 1.0) -> dict[str, Any]:
+                   progress: bool = False, guidance_scale: float = 1.0, predictor: Any = None,
+                   predictor_source: str = "") -> dict[str, Any]:
     """Every metric of the pipeline in ``model_dir``; see the module docstring.  ``extractor`` None: no FD.
-    ``guidance_scale``: classifier-free guidance of the sampler (1: none)."""
+    ``guidance_scale``: classifier-free guidance of the sampler (1: none).  ``predictor``: the condition predictor
+    that judges controllability (:func:`iqvae.train.predictor.resolve_predictor`); None: the conditions it judges
+    are reported unavailable with ``predictor_source`` as the reason."""
     from ..data.config import build_dataset
     from ..machine import machine_info
     from ..metrics.tokenizer_report import reconstruction_metrics
     from ..modalities import get_modality
     from ..pipeline import IQVAEPipeline
+    from .control import control_entry, fd_floor
     from .samples import draw_samples, real_shapes_metrics, shapes_metrics
 
     if conditions < 1 or samples < 1:
@@ -158,6 +164,8 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     out: dict[str, Any] = {}
     if extractor is not None:
         out["fd"], out["kid"] = fd_kid(real, fake, extractor, seed)
+        if out["fd"].get("available"):
+            out["fd"]["floor"] = fd_floor(ds, real, fake.shape[0], extractor)
     else:
         out["fd"], out["kid"] = unavailable(extractor_source), unavailable(extractor_source)
     out["swd"] = swd_entry(real, s.images, seed)
@@ -189,12 +197,15 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
                          "fit": list(get_modality(cond).fit_metrics)}
     else:
         out["shapes"] = unavailable(f"exact metrics exist only for the Shapes world, not '{data.dataset}'")
+    out["control"] = control_entry(cond, s, predictor=predictor, predictor_reason=predictor_source,
+                                   shapes=out["shapes"], dataset=data.dataset)
     protocol = {
         "model": str(model_dir), "dataset": data.dataset, "split": split, "condition": cond,
         "resolution": pipe.resolution, "conditions": c, "samples_per_condition": n, "seed": seed,
         "top_k": top_k, "top_p": top_p, "temperature": temperature, "guidance_scale": guidance_scale,
         "reference_reals": m,
         "extractor": getattr(extractor, "name", None), "extractor_source": extractor_source,
+        "predictor": getattr(predictor, "name", None), "predictor_source": predictor_source,
         "lpips": getattr(lpips, "label", None), "lpips_calibrated": bool(getattr(lpips, "is_calibrated", False)),
         "recon_items": k, "sample_seconds": sample_seconds, "machine": machine_info(),
     }

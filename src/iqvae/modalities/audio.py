@@ -19,6 +19,8 @@ class Audio(Modality):
     name = "audio"
     kind = "sequence"
     fit_metrics = ("scene_accuracy", "mode_coverage")
+    control = "scene_accuracy"
+    control_judge = "scene"
     values = "finite"
     meaning = "log-mel"
     title = "Audio"

@@ -92,6 +92,12 @@ class Modality:
     # The Shapes world's exact metrics that judge this condition (``iqvae evaluate`` marks them): a spatial condition
     # fixes each object's pixels (masks); text and audio name class, size and cell only (scene accuracy).
     fit_metrics: tuple[str, ...] = ("palette_accuracy", "mask_miou", "mode_coverage")
+    # Controllability (``iqvae evaluate``, :mod:`iqvae.metrics.control`): the score that says whether a generated
+    # image follows its condition, and its judge: "canny" (edges of the image itself), "predictor" (a condition
+    # predictor trained on the dataset's train split reads the condition back), "scene" (the Shapes world's
+    # object-level score; text and audio elsewhere have none), or None.
+    control: str | None = None
+    control_judge: str | None = None
 
     # --------------------------------------------------------------------------------------- tensor contract
     def item_shape(self, spec: ConditionSpec, resolution: int) -> tuple[int | None, ...]:
@@ -175,6 +181,10 @@ class Modality:
 
     def recon_loss(self, spec: ConditionSpec, out: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(out, cond)
+
+    def predictor_loss(self, spec: ConditionSpec, out: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Loss of a condition predictor's dense output (image -> condition) against the condition: D_c's."""
+        return self.recon_loss(spec, out, cond)
 
     def prediction(self, out: torch.Tensor) -> torch.Tensor:
         """Raw decoder output -> the condition's own tensor convention."""

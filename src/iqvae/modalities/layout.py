@@ -3,6 +3,7 @@
 Network input: the planes as is.  D_c loss: per-channel binary cross-entropy (boxes of different classes overlap);
 prediction: the sigmoid.  Cell head: binary cross-entropy against each cell's mean.  Rendered as the mean colour of
 the classes whose boxes cover a pixel.  Metric: F1 at 0.5.
+Controllability: box-map IoU of a condition predictor's box planes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ class Layout(BinaryMaps):
     name = "layout"
     title = "Layout"
     menu_rank = 3
+    control = "box_iou"
+    control_judge = "predictor"
 
     def render(self, x, spec, tile):
         maps = x.detach().cpu().float().numpy()

@@ -3,6 +3,7 @@
 Network input: one-hot planes.  D_c loss: cross-entropy over classes; prediction: the arg-max class.  Cell head:
 cross-entropy against each cell's class histogram.  Rendered in :func:`~.palette.label_palette` colours; read from a
 label-id PNG or a PNG painted in those colours.  Metrics: pixel accuracy and mIoU.
+Controllability: mIoU of a condition predictor's class map (trained on the dataset).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Seg(Modality):
     min_channels = 2
     title = "Segmentation"
     menu_rank = 0
+    control = "miou"
+    control_judge = "predictor"
     file_hint = "a PNG of label ids (mode L / P / I), a PNG painted in the palette colours, or a .safetensors tensor"
     drawable = True
     class_map = True

@@ -103,6 +103,8 @@ class Text(Modality):
     name = "text"
     kind = "sequence"
     fit_metrics = ("scene_accuracy", "mode_coverage")
+    control = "scene_accuracy"
+    control_judge = "scene"
     dtype = torch.int64
     values = "ids"
     meaning = "token ids"

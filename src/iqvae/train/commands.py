@@ -1,4 +1,4 @@
-"""``iqvae train-tokenizer``, ``iqvae encode`` and ``iqvae train-transformer``."""
+"""``iqvae train-tokenizer``, ``iqvae encode``, ``iqvae train-transformer`` and ``iqvae train-extractor``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,78 @@ def run_train_transformer(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_extractor(args: argparse.Namespace) -> int:
+    """The Shapes world's feature classifier (``--world``), or a condition predictor on any dataset (``--data`` /
+    ``--model``): both are FD feature networks; the predictor also judges controllability."""
+    from pathlib import Path
+
+    from ..errors import IQVAEError
+
+    if args.resolution is not None and args.resolution < 16:
+        raise IQVAEError(f"--resolution must be at least 16; got {args.resolution}")
+    if args.model or args.data:
+        if args.world:
+            raise IQVAEError("give --world (the Shapes feature classifier) or --data / --model (a condition "
+                             "predictor), not both")
+        return _train_predictor(args)
+    from ..metrics.extractor import DEFAULT_STEPS, ExtractorRecipe, train_shapes_extractor
+
+    world = args.world or "shapes"
+    if world != "shapes":
+        raise IQVAEError(f"--world must be 'shapes' (the only world with a built-in feature classifier); got "
+                         f"{world!r}; for another dataset use --data NAME --data-root PATH --cond MODALITY")
+    recipe = ExtractorRecipe(resolution=args.resolution or 32, train_size=args.train_size,
+                             steps=args.steps or DEFAULT_STEPS, batch_size=args.batch_size or 64, seed=args.seed)
+    path = train_shapes_extractor(recipe, Path(args.out), log=print)
+    print(f"saved the feature classifier to {path}; use it with `iqvae evaluate --extractor {path}`")
+    return 0
+
+
+def _data_config_of(model: str):
+    """The data config of a pipeline folder, a tokenizer (run) folder or a transformer run folder (whose codes name
+    their tokenizer)."""
+    from pathlib import Path
+
+    from ..errors import IQVAEError
+    from ..models.gpt import GPT
+    from ..models.tokenizer import IQVAE
+
+    path = Path(model)
+    if not path.is_dir():
+        raise IQVAEError(f"--model '{model}' is not a folder (expected a pipeline, tokenizer or transformer run folder)")
+    if (path / "transformer").is_dir() and not (path / "tokenizer").is_dir():
+        tok = (GPT.from_pretrained(path).codes_meta or {}).get("tokenizer")
+        if not tok or not Path(tok).is_dir():
+            raise IQVAEError(f"--model '{model}': its transformer's codes name no tokenizer folder that exists ({tok!r})")
+        path = Path(tok)
+    return IQVAE.from_pretrained(path).data_config
+
+
+def _train_predictor(args: argparse.Namespace) -> int:
+    from ..data.config import DataConfig
+    from ..errors import IQVAEError
+    from .predictor import PredictorRecipe, train_predictor_into
+
+    if args.model:
+        if args.data or args.data_root or args.cond:
+            raise IQVAEError("--model takes its dataset from the pipeline; leave out --data, --data-root and --cond")
+        data = _data_config_of(args.model)
+        if data is None:
+            raise IQVAEError(f"--model '{args.model}': its tokenizer records no data config")
+        if args.resolution is not None and args.resolution != data.resolution:
+            raise IQVAEError(f"--resolution {args.resolution}: the model's data is at {data.resolution} px")
+    else:
+        data = DataConfig(dataset=args.data, root=args.data_root, cond=args.cond or "seg",
+                          resolution=args.resolution or 32, train_size=args.train_size)
+        data.validate()
+    recipe = PredictorRecipe(steps=args.steps or PredictorRecipe.steps, batch_size=args.batch_size or 32,
+                             seed=args.seed)
+    path = train_predictor_into(args.out, data, recipe, progress=not args.no_progress, log=print)
+    print(f"saved the condition predictor to {path}; use it with `iqvae evaluate --predictor {path}` "
+          f"(controllability) or `--extractor {path}` (FD)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .tokenizer import TokenizerRunConfig
     from .transformer import TransformerRunConfig
@@ -116,3 +188,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     _config_args(p)
     p.add_argument("--codes", default=None, help="codes folder written by `iqvae encode` (sets the 'codes' option)")
     p.set_defaults(func=run_train_transformer)
+
+    t = sub.add_parser(
+        "train-extractor", help="train a feature network for FD/KD and controllability on a dataset's train split",
+        description="Either the Shapes world's feature classifier (--world shapes, the default; metric FD-shapes-cnn) "
+                    "or, with --data or --model, a condition predictor on any dataset's train split (image -> its "
+                    "condition, plus a colour thumbnail; metric FD-<dataset>-<cond>-cnn), which `iqvae evaluate` "
+                    "also uses to judge whether samples follow their conditions.")
+    t.add_argument("--world", default=None, help="'shapes': the Shapes feature classifier (the default)")
+    t.add_argument("--data", default=None, help="dataset name (shapes, pairs, ade20k, ...): a condition predictor")
+    t.add_argument("--data-root", default=None, help="dataset folder (real datasets)")
+    t.add_argument("--cond", default=None, help="condition modality with --data (default seg)")
+    t.add_argument("--model", default=None, help="a pipeline or tokenizer folder: a condition predictor on its dataset")
+    t.add_argument("--resolution", type=int, default=None, help="image resolution (default 32; --model: its own)")
+    t.add_argument("--train-size", type=int, default=20000, help="Shapes world: train scenes (default 20000)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="training steps (default 2000 for the classifier, 1000 for a predictor)")
+    t.add_argument("--batch-size", type=int, default=None, help="batch size (default 64 classifier, 32 predictor)")
+    t.add_argument("--seed", type=int, default=0, help="seed")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train_extractor)
