@@ -179,7 +179,8 @@ def test_sweep_and_ours_row(tmp_path):
     import yaml
 
     args = _args(tmp_path, seeds=1, systems="iq-none,iq-vr,iq-vr+gs+ours", jobs=1,
-                 set=[*TINY, "ablation.fig6_grids=[]"], sweep_sgw="0.5,1", sweep_sgw_on="pre,post")
+                 set=[*TINY, "ablation.fig6_grids=[]", "tokenizer.train.threads=1", "transformer.train.threads=1"],
+                 sweep_sgw="0.5,1", sweep_sgw_on="pre,post")
     assert run_ablation_bench(args) == 0
     tok = tmp_path / "work" / "small" / "tok"
     assert sorted(p.name for p in tok.iterdir()) == ["iq-none-s0", "iq-vr-ours-s0", "iq-vr-s0", "iq-vr-sgw0.5-post-s0",
@@ -198,7 +199,7 @@ def test_sweep_and_ours_row(tmp_path):
     assert sweep[(1.0, "pre")]["sgw_pre"] == iqvr["sgw_pre"]
     md = (tmp_path / "results" / "ablation.md").read_text()
     assert "## Why IQ(None) → IQ(VR): the λ1 / sgw_on sweep (seed 0)" in md
-    table = [line for line in md.split("## Why IQ(None)")[1].splitlines() if line.startswith("| ")][2:]
+    table = [line for line in md.split("## Why IQ(None)")[1].splitlines() if line.startswith("| ")][1:]
     assert [line.split(" | ")[1:3] for line in table] == [["0", "—"], ["0.5", "post"], ["1", "post"], ["0.5", "pre"],
                                                           ["1", "pre"]]
     assert f"{sweep[(0.5, 'post')]['sgw_pre']:.4g}" in table[1]
