@@ -23,7 +23,8 @@ TINY = [
 
 def _args(tmp, **kw):
     base = dict(world="shapes", cond="seg", budget="small", seeds=2, systems=",".join(SYSTEMS), out=str(tmp / "results"),
-                work=str(tmp / "work"), no_progress=True, set=list(TINY), cache=str(tmp / "cache"), jobs=2)
+                work=str(tmp / "work"), no_progress=True, set=list(TINY), cache=str(tmp / "cache"), jobs=2,
+                sweep_sgw=None, sweep_sgw_on=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -40,7 +41,7 @@ def test_outputs_exist_with_one_row_per_system(bench):
     for name in ("ablation.md", "ablation.json", "ablation.png", "ablation_fig6.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     md = (out / "ablation.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| iq-")]
+    rows = [line for line in md.splitlines() if line.startswith("| iq-") and " (IQ-VAE" in line]
     assert [r.split(" ")[1] for r in rows] == SYSTEMS
     assert "FD-shapes-cnn" in md and "| FID" not in md
     assert "LPIPS diversity: n/a" in md
@@ -67,9 +68,10 @@ def test_summary_matches_per_seed_numbers(bench):
         # the per-seed NLL is the evaluation's NLL on the validation codes
         ev = json.loads((bench / "work" / "small" / "eval" / f"{name}-s1" / "metrics.json").read_text())
         assert runs[1]["nll_bits"] == ev["metrics"]["nll"]["bits_per_token"] and ev["metrics"]["nll"]["split"] == "val"
-    # iq-vr and iq-vr+gs use the same tokenizer (one tokenizer run per seed, plus the 4x4 sweep point)
+    # iq-vr and iq-vr+gs use the same tokenizer (one tokenizer run per seed, plus the 4x4 and 8x8 Fig. 6 points:
+    # the preset's own grid is 16 x 16)
     tok_runs = sorted(p.name for p in (bench / "work" / "small" / "tok").iterdir())
-    assert tok_runs == ["iq-vr-g4-s0", "iq-vr-s0", "iq-vr-s1"]
+    assert tok_runs == ["iq-vr-g4-s0", "iq-vr-g8-s0", "iq-vr-s0", "iq-vr-s1"]
     assert data["per_seed"]["iq-vr"][0]["recon_ssim"] == data["per_seed"]["iq-vr+gs"][0]["recon_ssim"]
 
 
@@ -106,6 +108,9 @@ def test_changed_config_in_same_work_folder_is_refused(bench):
 @pytest.mark.parametrize("kw, match", [
     ({"world": "ade20k"}, "--world"), ({"systems": "iq-vr,nope"}, "--systems"), ({"seeds": 0}, "--seeds"),
     ({"set": ["model.ch=3"]}, "--set"), ({"set": ["ablation.conditions=0"]}, "ablation.conditions"),
+    ({"set": ["ablation.probe_items=-1"]}, "ablation.probe_items"),
+    ({"sweep_sgw": "0.1,a"}, "--sweep-sgw"), ({"sweep_sgw": "-1"}, "--sweep-sgw"), ({"sweep_sgw": "1,1"}, "--sweep-sgw"),
+    ({"sweep_sgw": "1", "sweep_sgw_on": "mid"}, "--sweep-sgw-on"), ({"sweep_sgw_on": "pre"}, "--sweep-sgw-on"),
 ])
 def test_bad_options(tmp_path, kw, match):
     with pytest.raises(IQVAEError, match=match):
@@ -123,3 +128,84 @@ def test_full_budget_runs_on_cpu_with_toy_overrides(tmp_path):
     info = json.loads((tmp_path / "results" / "ablation.json").read_text())["info"]
     assert info["budget"] == "full" and info["preset"] == "ablation-full"
     assert info["tokenizer_config"]["model"]["ch_mult"] == [1, 2]
+
+
+def test_work_groups_run_longest_first():
+    """All systems: the RQ row (a 3x longer sequence) first, then the two transformers on iq-vr's tokenizer, ... ;
+    the sweep's points join seed 0 only."""
+    from iqvae.bench.ablation import _system_cost, work_groups
+    from iqvae.bench.ablation_runs import SYSTEMS, BenchSettings, Plan, sweep_systems
+    from iqvae.config import build_config
+    from iqvae.train.tokenizer import TokenizerRunConfig
+    from iqvae.train.transformer import TransformerRunConfig
+
+    tok = build_config(TokenizerRunConfig, "tokenizer", preset="ablation-small")
+    gpt = build_config(TransformerRunConfig, "transformer", preset="ablation-small")
+    plan = Plan(None, tok, gpt, BenchSettings(fig6_grids=[4, 16]), False)
+    sweep = sweep_systems([0.1, 1.0], ["pre"], tok)
+    plan.systems.update(sweep)
+    tasks = work_groups(list(SYSTEMS), [0, 1], plan, list(sweep))
+    assert [t.cost for t in tasks] == sorted((t.cost for t in tasks), reverse=True)
+    assert [t.systems for t in tasks[:2]] == [("iq-vr+gs+rq",)] * 2 and tasks[-1].fig6_grid == 4
+    assert [(t.seed, t.systems) for t in tasks if "sgw0.1-pre" in t.systems] == [(0, ("sgw0.1-pre",))]
+    assert sum(t.systems.count("iq-vr") for t in tasks) == 2  # λ1 = 1, pre is iq-vr itself, not run twice
+    assert _system_cost(SYSTEMS["iq-vr+gs"], 16, gpt) == pytest.approx(1.2 * _system_cost(SYSTEMS["iq-vr"], 16, gpt))
+
+
+def test_ours_row_has_the_small_presets_additions():
+    """iq-vr+gs+ours = iq-vr+gs plus exactly the additions `iqvae presets` lists for `small`."""
+    from iqvae.bench.ablation import _additions, _configs
+    from iqvae.bench.ablation_runs import OURS_SYSTEM, SYSTEMS, Plan
+    from iqvae.config import build_config
+    from iqvae.train.tokenizer import TokenizerRunConfig
+    from iqvae.train.transformer import TransformerRunConfig
+
+    small = _additions(build_config(TokenizerRunConfig, "tokenizer", preset="small"),
+                       build_config(TransformerRunConfig, "transformer", preset="small"))
+    tok = build_config(TokenizerRunConfig, "tokenizer", preset="ablation-small")
+    gpt = build_config(TransformerRunConfig, "transformer", preset="ablation-small")
+    plan = Plan(None, tok, gpt, None, False)
+    assert _additions(*_configs(plan, SYSTEMS[OURS_SYSTEM])) == small
+    shared = ["transformer.model.pos_init=spatial"]
+    assert _additions(*_configs(plan, SYSTEMS["iq-vr+gs"])) == _additions(tok, gpt) == shared
+    for name in SYSTEMS:  # every other system: the preset's additions only
+        if name != OURS_SYSTEM:
+            assert _additions(*_configs(plan, SYSTEMS[name])) == _additions(tok, gpt), name
+
+
+def test_sweep_and_ours_row(tmp_path):
+    """--sweep-sgw 0.5,1 x --sweep-sgw-on pre,post at seed 0: three new iq-vr runs with those options, the preset's
+    own point (1, pre) is the iq-vr run; the sweep table and the +ours row's additions are in ablation.md."""
+    import yaml
+
+    args = _args(tmp_path, seeds=1, systems="iq-none,iq-vr,iq-vr+gs+ours", jobs=1,
+                 set=[*TINY, "ablation.fig6_grids=[]", "tokenizer.train.threads=1", "transformer.train.threads=1"],
+                 sweep_sgw="0.5,1", sweep_sgw_on="pre,post")
+    assert run_ablation_bench(args) == 0
+    tok = tmp_path / "work" / "small" / "tok"
+    assert sorted(p.name for p in tok.iterdir()) == ["iq-none-s0", "iq-vr-ours-s0", "iq-vr-s0", "iq-vr-sgw0.5-post-s0",
+                                                     "iq-vr-sgw0.5-pre-s0", "iq-vr-sgw1-post-s0"]
+    for name, weight, on in (("iq-vr-sgw0.5-post-s0", 0.5, "post"), ("iq-vr-sgw1-post-s0", 1.0, "post"),
+                             ("iq-vr-s0", 1.0, "pre")):
+        cfg = yaml.safe_load((tok / name / "config.yaml").read_text())
+        assert (cfg["model"]["variant"], cfg["loss"]["sgw_weight"], cfg["model"]["sgw_on"]) == ("iq-vr", weight, on)
+    gpt = yaml.safe_load((tmp_path / "work" / "small" / "gpt" / "sgw0.5-pre-s0" / "config.yaml").read_text())
+    assert gpt["gumbel"]["mode"] == "teacher"
+    data = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    sweep = {(r["sgw_weight"], r["sgw_on"]): r for r in data["sweep"]}
+    assert sorted(sweep) == [(0.5, "post"), (0.5, "pre"), (1.0, "post"), (1.0, "pre")]
+    iqvr = data["per_seed"]["iq-vr"][0]
+    assert sweep[(1.0, "pre")]["name"] == "iq-vr" and sweep[(1.0, "pre")]["palette_accuracy"] == iqvr["palette_accuracy"]
+    assert sweep[(1.0, "pre")]["sgw_pre"] == iqvr["sgw_pre"]
+    md = (tmp_path / "results" / "ablation.md").read_text()
+    assert "## Why IQ(None) → IQ(VR): the λ1 / sgw_on sweep (seed 0)" in md
+    table = [line for line in md.split("## Why IQ(None)")[1].splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[1:3] for line in table] == [["0", "—"], ["0.5", "post"], ["1", "post"], ["0.5", "pre"],
+                                                          ["1", "pre"]]
+    assert f"{sweep[(0.5, 'post')]['sgw_pre']:.4g}" in table[1]
+    assert "sgw_on = pre (2 points)" in md and "best palette acc." in md
+    assert data["info"]["ours_additions"][0] == "tokenizer.model.colour_head"
+    assert "the row `iq-vr+gs+ours` is the paper's full model (iq-vr+gs) with the `small` preset's additions: " \
+           "`tokenizer.model.colour_head`" in md
+    ours = yaml.safe_load((tmp_path / "work" / "small" / "gpt" / "iq-vr+gs+ours-s0" / "config.yaml").read_text())
+    assert ours["model"]["above_window"] == 3 and ours["gumbel"]["mode"] == "gumbel"

@@ -1,15 +1,15 @@
 """Outputs of ``iqvae bench ablation``: ablation.md / .json / .png and the Fig. 6 trade-off (ablation_fig6.png).
 
-Aggregation: mean and sample standard deviation (n - 1 denominator) over seeds; with one seed the std is
-undefined and no ordering is claimed.  Ordering rule: an ordering of two rows is claimed only when the difference
-of their means exceeds the combined std ``sqrt(std_a^2 + std_b^2)``.
+Aggregation and the ordering rule: :mod:`iqvae.bench.ablation_stats`; the verdicts, probes and sweep sections:
+:mod:`iqvae.bench.ablation_why`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
+
+from .ablation_stats import _cell, mean_std, noise_sentence
 
 # (key in the per-seed numbers, column title, higher is better?)
 COLUMNS = [
@@ -18,16 +18,6 @@ COLUMNS = [
     ("mask_miou", "mask mIoU", True), ("mode_coverage", "mode coverage", True),
     ("train_seconds", "train s (tok + T)", None),
 ]
-
-
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return None, None
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, None
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
 
 
 def summarize(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -39,24 +29,6 @@ def summarize(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
             m, s = mean_std([r.get(k) for r in rows])
             out[name][k] = {"mean": m, "std": s, "n": sum(r.get(k) is not None for r in rows)}
     return out
-
-
-def _cell(e: dict[str, float | None]) -> str:
-    if e["mean"] is None:
-        return "n/a"
-    return f"{e['mean']:.4g}" + (f" ± {e['std']:.2g}" if e["std"] is not None else "")
-
-
-def noise_sentence(a: str, b: str, summary: dict[str, Any], key: str, title: str) -> str:
-    ea, eb = summary[a].get(key), summary[b].get(key)
-    if not ea or not eb or ea["mean"] is None or eb["mean"] is None:
-        return f"{title}: n/a"
-    diff = eb["mean"] - ea["mean"]
-    if ea["std"] is None or eb["std"] is None:
-        return f"{title}: {ea['mean']:.4g} → {eb['mean']:.4g} (one seed: no ordering claimed)"
-    noise = math.sqrt(ea["std"] ** 2 + eb["std"] ** 2)
-    verdict = "exceeds the noise" if abs(diff) > noise else "within the noise, no ordering claimed"
-    return f"{title}: {ea['mean']:.4g} → {eb['mean']:.4g} (Δ {diff:+.3g}, combined std {noise:.2g}: {verdict})"
 
 
 def fig6_plot(points: list[dict[str, Any]], path: Path, system: str) -> Path:
@@ -111,17 +83,21 @@ def samples_grid(pipes: dict[str, Path], settings: Any, path: Path) -> Path:
 
 
 def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict[str, Any]]],
-                  pipes: dict[str, Path], fig6: list[dict[str, Any]], settings: Any) -> list[Path]:
+                  pipes: dict[str, Path], fig6: list[dict[str, Any]], settings: Any,
+                  sweep: list[dict[str, Any]] | None = None) -> list[Path]:
     from ..errors import IQVAEError
     from ..train.common import write_json
-    from .ablation_runs import SYSTEMS, TABLE3
+    from .ablation_runs import OURS_SYSTEM, SYSTEMS, TABLE3
+    from .ablation_why import gs_lines, probe_lines, step_verdicts, sweep_lines
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise IQVAEError(f"--out '{out}': cannot create the folder: {e.strerror or e}") from None
     summary = summarize(per_seed)
-    write_json(out / "ablation.json", {"info": info, "per_seed": per_seed, "summary": summary, "fig6": fig6})
+    sweep = sweep or []
+    write_json(out / "ablation.json", {"info": info, "per_seed": per_seed, "summary": summary, "fig6": fig6,
+                                       "sweep": sweep})
     png = samples_grid(pipes, settings, out / "ablation.png")
     fig6_png = fig6_plot(fig6, out / "ablation_fig6.png", settings.fig6_system) if fig6 else None
     fd_name = info.get("fd_name")
@@ -142,6 +118,13 @@ def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict
         f"{tok['data']['train_size']} train scenes at {tok['data']['resolution']} px.  iq-vr and iq-vr+gs share each "
         "seed's tokenizer (only stage 2 differs); the RQ row has rq_depth codes per position, so a longer sequence.",
         "",
+        "Our additions (docs/design.md): every system has "
+        + (", ".join(f"`{a}`" for a in info.get("shared_additions", [])) or "none of them")
+        + " (the preset's, identical for all) and no other"
+        + (f"; the row `{OURS_SYSTEM}` is the paper's full model (iq-vr+gs) with the `small` preset's additions: "
+           + ", ".join(f"`{a}`" for a in info.get("ours_additions", []) if a not in info.get("shared_additions", []))
+           + ", at the same sizes, steps and batch." if OURS_SYSTEM in per_seed else "."),
+        "",
         f"Evaluation: the first {settings.conditions} test conditions × {settings.samples} samples, sampling seed "
         f"{settings.eval_seed}, top-k {settings.top_k}; FD/KD extractor: {info['extractor_source']}; "
         + (f"LPIPS: {info['lpips']}." if info["lpips"] else f"LPIPS diversity: n/a — {info['lpips_reason']}."),
@@ -158,12 +141,16 @@ def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict
               "sqrt(std_a² + std_b²) over seeds.", ""]
     rows3 = [n for n in TABLE3 if n in per_seed]
     for a, b in zip(rows3, rows3[1:]):
-        parts = [noise_sentence(a, b, summary, k, titles[k]) for k, _, better in COLUMNS if better is not None]
+        parts = [noise_sentence(a, b, summary, k, titles[k], better) for k, _, better in COLUMNS if better is not None]
         lines.append(f"- **{a} → {b}**: " + "; ".join(parts) + ".")
     if len(rows3) < 2:
         lines.append("- fewer than two Table-3 rows were run; nothing to compare.")
-    lines += ["", f"Samples: `{png.name}` (condition | {settings.samples} samples, per system, seed 0, the first "
+    lines += ["", *step_verdicts(rows3, summary, titles, sweep), ""]
+    lines += [f"Samples: `{png.name}` (condition | {settings.samples} samples, per system, seed 0, the first "
               f"{settings.grid_conditions} test conditions).", ""]
+    lines += probe_lines(per_seed, summary, settings)
+    lines += gs_lines(per_seed, summary)
+    lines += sweep_lines(sweep, per_seed, summary, titles)
     if fig6:
         lines += ["## NLL vs reconstruction error (cf. Fig. 6)", "",
                   f"System `{settings.fig6_system}`, latent grids {settings.fig6_grids} (number of ch_mult levels), "

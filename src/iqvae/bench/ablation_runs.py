@@ -1,4 +1,5 @@
-"""What ``iqvae bench ablation`` trains: the systems compared (:data:`SYSTEMS`, Table 3's rows :data:`TABLE3`), the
+"""What ``iqvae bench ablation`` trains: the systems compared (:data:`SYSTEMS`, Table 3's rows :data:`TABLE3`, the
+paper's full model with our additions :data:`OURS_SYSTEM`), the λ1 / ``sgw_on`` sweep (:func:`sweep_systems`), the
 preset's ``ablation:`` settings, and the train-or-reuse of one tokenizer / transformer run of a system and seed
 (also the Fig. 6 latent-size sweep).  The command is :mod:`iqvae.bench.ablation`, its outputs
 :mod:`iqvae.bench.ablation_report`.
@@ -38,6 +39,56 @@ SYSTEMS: dict[str, System] = {
 _HINT = "choose another --work folder or delete it"
 TABLE3 = ("vqgan-pair", "iq-none", "iq-vr", "iq-vr+gs")
 
+# The `small` preset's additions (docs/design.md, "Options: the paper's and ours"), on top of the paper's full model
+# (iq-vr+gs), at the bench's budget: tests/test_ablation.py checks they are exactly what `iqvae presets` lists for
+# `small`.  Additions every system already has (the ablation preset's own, e.g. model.pos_init=spatial) stay as they are.
+OURS_TOKENIZER = ("model.colour_head=true", "model.colour_head_cond=true", "model.cond_cell_head=spatial")
+OURS_TRANSFORMER = ("model.pos_init=spatial", "model.cond_align=true", "model.above_input=true",
+                    "model.above_window=3")
+OURS_SYSTEM = "iq-vr+gs+ours"
+SYSTEMS[OURS_SYSTEM] = System("IQ-VAE w/ VR + T + GS + our additions (the small preset's)", "iq-vr-ours",
+                              ("model.variant=iq-vr", *OURS_TOKENIZER), ("gumbel.mode=gumbel", *OURS_TRANSFORMER))
+SWEEP_BASE = "iq-vr"  # the system whose λ1 (loss.sgw_weight) and model.sgw_on the sweep varies (stage 2: teacher forcing)
+
+
+def sweep_name(weight: float, sgw_on: str) -> str:
+    return f"sgw{weight:g}-{sgw_on}"
+
+
+def sweep_systems(weights: list[float], ons: list[str], tok_base: Any) -> dict[str, System]:
+    """One system per (λ1, sgw_on) of the sweep, as ``iq-vr`` with those two options; the point equal to the
+    preset's own setting is ``iq-vr`` itself (same tokenizer and transformer runs, reused)."""
+    base = SYSTEMS[SWEEP_BASE]
+    out: dict[str, System] = {}
+    for on in ons:
+        for w in weights:
+            if w == tok_base.loss.sgw_weight and on == tok_base.model.sgw_on:
+                out[SWEEP_BASE] = base
+                continue
+            name = sweep_name(w, on)
+            out[name] = System(f"IQ-VAE w/ VR (λ1 = {w:g}, sgw_on = {on}) + T", f"iq-vr-{name}",
+                               (*base.tok_overrides, f"loss.sgw_weight={w!r}", f"model.sgw_on={on}"),
+                               base.gpt_overrides)
+    return out
+
+
+def parse_sweep(weights: str | None, ons: str | None) -> tuple[list[float], list[str]]:
+    """``--sweep-sgw 0.1,0.3,1`` and ``--sweep-sgw-on pre,post``, checked; ([], []) without a sweep."""
+    if not weights:
+        if ons:
+            raise IQVAEError("--sweep-sgw-on needs --sweep-sgw (the λ1 values to sweep)")
+        return [], []
+    try:
+        ws = [float(w) for w in weights.split(",") if w.strip()]
+    except ValueError:
+        raise IQVAEError(f"--sweep-sgw expects comma-separated numbers (λ1 values), got {weights!r}") from None
+    if not ws or any(not math.isfinite(w) or w < 0 for w in ws) or len(set(ws)) != len(ws):
+        raise IQVAEError(f"--sweep-sgw expects distinct finite λ1 values >= 0, got {weights!r}")
+    on_list = [o.strip() for o in (ons or "pre,post").split(",") if o.strip()]
+    if not on_list or any(o not in ("pre", "post") for o in on_list) or len(set(on_list)) != len(on_list):
+        raise IQVAEError(f"--sweep-sgw-on expects distinct values among pre, post; got {ons!r}")
+    return ws, on_list
+
 
 @dataclass
 class BenchSettings:
@@ -54,11 +105,17 @@ class BenchSettings:
     fig6_system: str = opt("iq-vr", "system whose latent size is swept")
     fig6_seeds: int = opt(1, "seeds of the sweep (the first N of the bench's seeds)")
     grid_conditions: int = opt(4, "conditions shown per system in ablation.png")
+    probe_items: int = opt(128, "test scenes for the latent probe (sliced GW between condition and image latents) "
+                                "and validation sequences for the exposure probe (0: no probes)")
+    probe_projections: int = opt(64, "directions of the probe's sliced GW (fixed, seeded: the same for every system)")
 
     def validate(self) -> None:
-        for name in ("conditions", "samples", "recon_items", "extractor_steps", "grid_conditions"):
+        for name in ("conditions", "samples", "recon_items", "extractor_steps", "grid_conditions",
+                     "probe_projections"):
             if getattr(self, name) < 1:
                 raise IQVAEError(f"option 'ablation.{name}' must be at least 1, got {getattr(self, name)}")
+        if self.probe_items < 0:
+            raise IQVAEError(f"option 'ablation.probe_items' must be at least 0, got {self.probe_items}")
         if self.fig6_system not in SYSTEMS:
             raise IQVAEError(f"option 'ablation.fig6_system' must be one of {list(SYSTEMS)}, got {self.fig6_system!r}")
 
@@ -71,6 +128,10 @@ class Plan:
     settings: BenchSettings
     progress: bool
     tok_configs: dict[str, Any] = field(default_factory=dict)
+    systems: dict[str, System] = field(default_factory=lambda: dict(SYSTEMS))  # with the sweep's points
+
+    def system(self, name: str) -> System:
+        return self.systems[name]
 
 
 def _grid_ch_mult(ch_mult: tuple[int, ...], resolution: int, grid: int) -> tuple[int, ...]:

@@ -99,9 +99,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = bsub.add_parser("ablation", help="the paper's Table 3 (plus sVQ and RQ) at equal compute, several seeds")
     a.add_argument("--world", default="shapes", help="dataset (only the built-in shapes world for now)")
     a.add_argument("--cond", default="seg", help="condition modality: " + ", ".join(MODALITIES))
-    a.add_argument("--budget", choices=["small", "full"], default="small", help="small: about 1 hour on 2 CPU cores")
+    a.add_argument("--budget", choices=["small", "full"], default="small",
+                   help="small: 32 px, 16 x 16 tokens, about 95 minutes on 2 CPU cores (the preset's comment); "
+                        "full: larger models and longer training, for a GPU")
     a.add_argument("--seeds", type=int, default=3, help="seeds per system (mean ± std)")
     a.add_argument("--systems", default=None, help="comma-separated subset of systems (default: all)")
+    a.add_argument("--sweep-sgw", default=None, metavar="L1,L2,...",
+                   help="also train iq-vr at seed 0 with each λ1 (loss.sgw_weight), e.g. 0.1,0.3,1,3,10, and report "
+                        "the sweep (latent probes, NLL, samples) in ablation.md; the point equal to the preset's "
+                        "setting reuses the iq-vr run (at the small budget about 3.5 min per point on 2 cores)")
+    a.add_argument("--sweep-sgw-on", default=None, metavar="pre,post",
+                   help="model.sgw_on values of the sweep, crossed with --sweep-sgw (default: pre,post)")
     a.add_argument("--out", default="results", help="folder for ablation.md / ablation.png / ablation.json")
     a.add_argument("--work", default="runs/ablation", help="folder for the runs")
     a.add_argument("--set", dest="set", action="append", default=[], metavar="SECTION.KEY=VALUE",

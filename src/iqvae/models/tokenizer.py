@@ -12,7 +12,9 @@ Variants (``IQVAEConfig.variant``):
   ``n`` condition vectors and the ``n`` image vectors of each image (the paper's model).
 * ``svq``: the semantically coupled VQ model (Alaniz et al.): ONE encoder over ``concat(image, condition map)`` whose
   ``2*D`` output channels are split into the image and condition latents, each with its own codebook; ``D_x`` sees
-  ``concat(zq_x, sg[zq_c])`` (stop-gradient), ``D_c`` sees ``zq_c``.  Spatial conditions only.
+  ``concat(zq_x, sg[zq_c])`` (stop-gradient), ``D_c`` sees ``zq_c``.  Spatial conditions only.  The condition latent
+  is taken from the encoder run on ``concat(mid-grey image, condition map)`` (``svq_cond_image='grey'``, the default),
+  in training and at sampling, so it is a function of the condition alone; see below.
 
 Choices where the paper is silent (also in the ``help`` of each option):
 
@@ -22,9 +24,17 @@ Choices where the paper is silent (also in the ``help`` of each option):
   ``decoder_cond="continuous"``, which then needs the raw condition at decoding time.
 * Image and condition use the same quantizer kind (``vq`` or ``rq`` with the same depth), so both token sequences have
   the same structure.
-* svq at sampling time: the shared encoder needs an image to produce the condition latent (the sVQ paper says so in
-  its conclusion).  :meth:`IQVAE.encode_condition` accepts an optional reference ``image`` and otherwise feeds an
-  all-zero (mid-gray in [-1, 1]) image.
+* svq at sampling time: the shared encoder needs an image to produce the condition latent (the sVQ paper's conclusion:
+  "a reference image is required during inference").  With ``svq_cond_image='paired'`` (the paper's training taken
+  literally) the condition latent is computed from the paired image, so the token codes the transformer learns from
+  carry the image (at 16 px, 29 % of a scene's condition tokens changed when only its image was swapped), and at
+  sampling, where no image exists, :meth:`IQVAE.encode_condition` feeds the reference ``image`` if given, else a
+  mid-grey one: condition tokens the transformer never saw, and the 16 px ablation's sVQ row drew the same flat grey
+  image for every condition.  ``svq_cond_image='grey'`` (the default) feeds the mid-grey image (all zeros in
+  [-1, 1]) to the condition half in training too, so the condition tokens of the codes on disk and of sampling are
+  the same function of the condition (tested), the paper's "the image latent depends on the semantic latent, but
+  not vice versa"; the image latent still comes from the encoder on the real image and the condition.  The encoder
+  then runs twice per step (as E_x and E_c do for the other variants).
 * Everything that differs per condition type (input, encoder/decoder, losses, checks) is its object in
   :mod:`iqvae.modalities`; the choices:
 * Condition reconstruction losses: seg -> cross-entropy over classes; layout -> per-channel binary cross-entropy
@@ -91,6 +101,11 @@ class IQVAEConfig:
     decoder_cond: Literal["quantized", "continuous"] = opt(
         "quantized", "what D_x sees of the condition: its quantized features (decoding needs tokens only) or the "
                      "continuous E_c output (decoding then needs the raw condition)")
+    svq_cond_image: Literal["grey", "paired"] = opt(
+        "grey", "svq only: what image the shared encoder sees for the condition latent. grey: a mid-grey image, in "
+                "training and at sampling (the condition tokens are a function of the condition alone); paired: the "
+                "training pair's image (the sVQ paper; sampling then needs a reference image, mid-grey by default, "
+                "whose condition tokens the transformer never saw)")
     cond_decoder: bool = opt(True, "train a condition decoder D_c with a reconstruction loss (required for "
                                    "vqgan-pair and svq)")
     text_width: int = opt(128, "text condition: transformer width")
@@ -165,6 +180,8 @@ class IQVAEConfig:
         if self.variant in ("vqgan-pair", "svq") and not self.cond_decoder:
             raise ConfigError(f"option 'tokenizer.cond_decoder' must be true for variant '{self.variant}': the "
                               "condition latent is trained only by the condition decoder")
+        if self.svq_cond_image not in ("grey", "paired"):
+            raise bad("svq_cond_image", "'grey' or 'paired'")
         if self.variant == "svq" and self.decoder_cond != "quantized":
             raise ConfigError("option 'tokenizer.decoder_cond' must be 'quantized' for variant 'svq' (its condition "
                               "latent comes from the shared encoder, which needs the image)")
@@ -355,10 +372,21 @@ class IQVAE(nn.Module):
     # ---------------------------------------------------------------------------------------------------- encoding
     def _latents(self, image: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.variant == "svq":
-            h = self.encoder(torch.cat([image, self.condition_input(cond)], dim=1))
-            z_img, z_cond = h.split(self.config.embed_dim, dim=1)
+            c_in = self.condition_input(cond)
+            z_img, z_cond = self.encoder(torch.cat([image, c_in], dim=1)).split(self.config.embed_dim, dim=1)
+            if self.config.svq_cond_image == "grey":
+                z_cond = self._svq_cond_latent(c_in)
             return z_img, z_cond
         return self.encoder(image), self._encode_cond(cond)
+
+    def _svq_cond_latent(self, c_in: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """svq: the condition half of the shared encoder's output on ``concat(image, c_in)``; a mid-grey (all-zero)
+        image when ``image`` is None.  One call per batch of B, the same in training and at sampling, so the two give
+        the same tokens bit for bit."""
+        if image is None:
+            r = self.config.resolution
+            image = torch.zeros(c_in.shape[0], 3, r, r, device=c_in.device, dtype=c_in.dtype)
+        return self.encoder(torch.cat([image, c_in], dim=1))[:, self.config.embed_dim:]
 
     def encode(self, image: torch.Tensor, cond: torch.Tensor) -> TokenizerEncoding:
         self.check_image(image)
@@ -375,16 +403,18 @@ class IQVAE(nn.Module):
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """Condition tokens and quantized features, without an image (sampling time).
 
-        svq only: the shared encoder needs an image; ``image`` (a reference) is used if given, else all zeros.
+        svq: the shared encoder needs an image; with ``svq_cond_image='grey'`` it is the mid-grey image training
+        used too (``image`` is ignored), with ``'paired'`` the reference ``image`` if given, else a mid-grey one.
         Other variants ignore ``image``.  Quantizer statistics are not updated (the quantizers run in eval mode).
         """
         self.check_condition(cond)
         if self.config.variant == "svq":
-            r = self.config.resolution
-            if image is None:
-                image = torch.zeros(cond.shape[0], 3, r, r, device=cond.device)
-            self.check_image(image)
-            z_cond = self._latents(image, cond)[1]
+            if self.config.svq_cond_image == "grey":
+                image = None
+            elif image is not None:
+                self.check_image(image)
+                self.check_condition(cond, image.shape[0])
+            z_cond = self._svq_cond_latent(self.condition_input(cond), image)
         else:
             z_cond = self._encode_cond(cond)
         q = self._cq
