@@ -18,6 +18,7 @@ TINY = [
     "tokenizer.train.batch_size=4", "transformer.model.n_layer=1", "transformer.model.n_embd=16",
     "transformer.train.steps=2", "transformer.train.batch_size=4", "ablation.conditions=2", "ablation.samples=2",
     "ablation.extractor_steps=2", "ablation.recon_items=4", "ablation.grid_conditions=2", "ablation.fig6_grids=[4, 8]",
+    "ablation.temperature=0.7",
 ]
 
 
@@ -50,6 +51,11 @@ def test_outputs_exist_with_one_row_per_system(bench):
     assert data["info"]["seeds"] == [0, 1] and data["info"]["machine"]["cpu_count"]
     assert sorted({(p["grid"], p["tokens"]) for p in data["fig6"]}) == [(4, 16), (8, 64)]
     assert "| 4x4 | 16 |" in md
+    assert "top-k 100, temperature 0.7;" in md  # every system is evaluated at the bench's temperature
+    for name in SYSTEMS:
+        for seed in (0, 1):
+            proto = json.loads((bench / "work" / "small" / "eval" / f"{name}-s{seed}" / "metrics.json").read_text())
+            assert proto["protocol"]["temperature"] == 0.7
 
 
 def test_summary_matches_per_seed_numbers(bench):
@@ -109,6 +115,7 @@ def test_changed_config_in_same_work_folder_is_refused(bench):
     ({"world": "ade20k"}, "--world"), ({"systems": "iq-vr,nope"}, "--systems"), ({"seeds": 0}, "--seeds"),
     ({"set": ["model.ch=3"]}, "--set"), ({"set": ["ablation.conditions=0"]}, "ablation.conditions"),
     ({"set": ["ablation.probe_items=-1"]}, "ablation.probe_items"),
+    ({"set": ["ablation.temperature=0"]}, "ablation.temperature"),
     ({"sweep_sgw": "0.1,a"}, "--sweep-sgw"), ({"sweep_sgw": "-1"}, "--sweep-sgw"), ({"sweep_sgw": "1,1"}, "--sweep-sgw"),
     ({"sweep_sgw": "1", "sweep_sgw_on": "mid"}, "--sweep-sgw-on"), ({"sweep_sgw_on": "pre"}, "--sweep-sgw-on"),
 ])

@@ -14,12 +14,7 @@ from iqvae.models.sgw import random_projections
 from iqvae.models.tokenizer import IQVAE, IQVAEConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokenizer(ds):

@@ -7,13 +7,7 @@ from iqvae.errors import DataError, IQVAEError
 from iqvae.models.autoencoder import AttnBlock, Decoder, Encoder, ResnetBlock, TextDecoder, TextEncoder, num_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process are ~10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("res,ch_mult,grid", [(32, (1, 2), 16), (32, (1, 2, 2), 8), (256, (1, 1, 2, 2, 4), 16)])

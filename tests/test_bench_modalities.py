@@ -150,7 +150,7 @@ def test_bad_requests_fail_before_any_work(tmp_path, monkeypatch):
         run_modalities_bench(_args(tmp_path, conds="seg,foo"))
     with pytest.raises(ConfigError, match="unknown option 'quality.bogus'; valid options here: quality.temperature"):
         run_modalities_bench(_args(tmp_path, set=[*TINY, "quality.bogus=1"]))
-    with pytest.raises(IQVAEError, match="--set expects tokenizer.KEY"):
+    with pytest.raises(IQVAEError, match="--set expects one of tokenizer.KEY"):
         run_modalities_bench(_args(tmp_path, set=["ablation.conditions=2"]))
     with pytest.raises(IQVAEError, match="needs transformer.model.cfg_dropout > 0"):
         run_modalities_bench(_args(tmp_path, set=[*TINY, "transformer.model.cfg_dropout=0"]))

@@ -103,12 +103,25 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
     from iqvae.evaluation.samples import draw_samples, shapes_metrics
     from iqvae.pipeline import IQVAEPipeline
 
-    pipe = IQVAEPipeline.from_pretrained(out / "seg")
-    test = build_dataset(pipe.tokenizer.data_config, "test")
-    s = draw_samples(pipe, test, "seg", num_conditions=3, samples_per_condition=3, seed=0)
-    again = shapes_metrics(s, [test[i].cond["seg"] for i in s.indices])
-    for k, v in again.items():
-        assert metrics["seg"]["metrics"][k] == pytest.approx(v, abs=1e-9)
+    from iqvae.bench.quality import QUALITY_BARS, quality_settings
+
+    for cond in ("seg", "edge", "text"):  # sampled with the quality-<cond> preset's temperature and guidance scale
+        q = quality_settings(f"quality-{cond}")
+        assert (metrics[cond]["temperature"], metrics[cond]["cfg_scale"]) == (q.temperature, q.cfg_scale)
+        marks = metrics[cond]["bars"]
+        assert [b["metric"] for b in marks] == list(QUALITY_BARS[cond])
+        for b in marks:
+            assert b["value"] == metrics[cond]["metrics"][b["metric"]] and b["bar"] == QUALITY_BARS[cond][b["metric"]]
+            assert b["meets"] == (b["value"] >= b["bar"])
+    assert metrics["edge"]["cfg_scale"] == 2.0  # guided: the demo's transformer has a learned null condition
+    for cond in ("seg", "edge"):
+        pipe = IQVAEPipeline.from_pretrained(out / cond)
+        test = build_dataset(pipe.tokenizer.data_config, "test")
+        s = draw_samples(pipe, test, cond, num_conditions=3, samples_per_condition=3, seed=0,
+                         temperature=metrics[cond]["temperature"], guidance_scale=metrics[cond]["cfg_scale"])
+        again = shapes_metrics(s, [test[i].cond["seg"] for i in s.indices])
+        for k, v in again.items():
+            assert metrics[cond]["metrics"][k] == pytest.approx(v, abs=1e-9), (cond, k)
 
     # a second run reuses every finished stage (no training: the timings stay as they were)
     before = (out / "seg" / "timings.json").read_text()

@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -183,5 +184,19 @@ def test_paper_preset_uses_none_of_our_additions_and_small_lists_its_own():
     assert _stage_additions("small") == (
         ["model.colour_head", "model.colour_head_cond", "model.cond_cell_head=spatial"],
         ["model.pos_init=spatial", "model.cond_align", "model.above_input", "model.above_window=3"])
-    assert _stage_additions("demo") == _stage_additions("small")
-    assert _stage_additions("demo-quick") == ([], [])
+    small_tok, small_gpt = _stage_additions("small")
+    assert _stage_additions("demo") == (small_tok, [*small_gpt, "model.cfg_dropout=0.1"])  # + guidance
+    assert _stage_additions("demo-quick") == ([], ["model.cfg_dropout=0.1"])
+    for cond in ("seg", "edge", "keypoints", "layout", "text", "audio"):
+        assert _stage_additions(f"quality-{cond}") == _stage_additions("demo")
+
+
+def test_split_overrides_groups_by_section_and_names_bad_items():
+    from iqvae.config import split_overrides
+
+    got = split_overrides(["tokenizer.train.steps=5", "quality.cfg_scale=2", "tokenizer.model.ch=8"],
+                          ("tokenizer", "transformer", "quality"))
+    assert got == {"tokenizer": ["train.steps=5", "model.ch=8"], "transformer": [], "quality": ["cfg_scale=2"]}
+    for bad in ("ablation.conditions=3", "tokenizer.train.steps", "tokenizer=3"):
+        with pytest.raises(ConfigError, match=re.escape(repr(bad))):
+            split_overrides([bad], ("tokenizer", "transformer", "quality"))

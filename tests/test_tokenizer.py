@@ -13,13 +13,7 @@ from iqvae.losses import random_projections, sliced_gromov_wasserstein_reference
 from iqvae.models.tokenizer import IQVAE, IQVAEConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process are ~10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RES = 16

@@ -14,13 +14,7 @@ from iqvae.models.discriminator import NLayerDiscriminator
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process are ~10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _fake_output(seed=0):
     """A TokenizerOutput stand-in: recon produced by a conv 'last layer', loss parts as graph-connected scalars."""

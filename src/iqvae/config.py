@@ -204,6 +204,19 @@ def apply_overrides(obj: T, overrides: typing.Iterable[str]) -> T:
     return from_dict(type(obj), data)
 
 
+def split_overrides(items: typing.Iterable[str], sections: typing.Sequence[str]) -> dict[str, list[str]]:
+    """``--set SECTION.KEY=VALUE`` items of a command that configures several sections (a bench: tokenizer,
+    transformer, its own section), grouped by section with the section name stripped; anything else is an error."""
+    out: dict[str, list[str]] = {name: [] for name in sections}
+    for item in items:
+        head, _, rest = item.partition(".")
+        if head not in out or not rest or "=" not in rest:
+            expected = ", ".join(f"{name}.KEY=VALUE" for name in sections)
+            raise ConfigError(f"--set expects one of {expected}; got {item!r}")
+        out[head].append(rest)
+    return out
+
+
 def _check_path(cls: type, key: str) -> None:
     cur: Any = cls
     done = []

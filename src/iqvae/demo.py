@@ -61,7 +61,27 @@ def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progres
     return {"dir": d, "timings": timings, "tok_cfg": tok_cfg, "gpt_cfg": gpt_cfg}
 
 
-def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed: int, progress: bool) -> dict[str, Any]:
+def sampling_settings(cond: str, temperature: float | None = None, cfg_scale: float | None = None) -> dict[str, float]:
+    """How the demo samples ``cond``: the temperature and guidance scale of its ``quality-<cond>`` preset (issue 14's
+    bar settings, :mod:`iqvae.bench.quality`) unless given."""
+    from .bench.quality import quality_settings
+
+    q = quality_settings(f"quality-{cond}")
+    return {"temperature": q.temperature if temperature is None else temperature,
+            "cfg_scale": q.cfg_scale if cfg_scale is None else cfg_scale}
+
+
+def bar_marks(cond: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each metric of ``cond``'s quality bar (:data:`iqvae.bench.quality.QUALITY_BARS`) with its value and whether
+    it meets the bar."""
+    from .bench.quality import QUALITY_BARS, meets
+
+    return [{"metric": k, "value": metrics.get(k), "bar": bar, "meets": meets(metrics.get(k), bar)}
+            for k, bar in QUALITY_BARS[cond].items()]
+
+
+def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed: int, progress: bool,
+                  temperature: float = 1.0, cfg_scale: float = 1.0) -> dict[str, Any]:
     import torch
 
     from .data.config import build_dataset
@@ -73,13 +93,19 @@ def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed
     test = build_dataset(data, "test")
     t0 = time.perf_counter()
     s = draw_samples(pipe, test, cond, num_conditions=num_conditions, samples_per_condition=samples, seed=seed,
-                     progress=progress)
+                     progress=progress, temperature=temperature, guidance_scale=cfg_scale)
     sample_seconds = time.perf_counter() - t0
     seg = [test[i].cond["seg"] for i in s.indices]
     metrics = shapes_metrics(s, seg)
     metrics["sample_seconds_per_image"] = sample_seconds / (s.images.shape[0] * s.images.shape[1])
-    return {"metrics": metrics, "samples": s, "spec": pipe.cond_spec, "resolution": pipe.resolution,
+    return {"metrics": metrics, "bars": bar_marks(cond, metrics), "temperature": temperature, "cfg_scale": cfg_scale,
+            "samples": s, "spec": pipe.cond_spec, "resolution": pipe.resolution,
             "captions": [test[i].extra.get("caption") for i in s.indices], "torch": torch.__version__}
+
+
+def _mark(b: dict[str, Any]) -> str:
+    v = "n/a" if b["value"] is None else f"{b['value']:.3f}"
+    return f"{b['metric']} {v} ({'meets' if b['meets'] else 'below'} {b['bar']:g})"
 
 
 def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: float) -> Path:
@@ -95,7 +121,8 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         ev = r["eval"]
         m = ev["metrics"]
         t = r["timings"]
-        summary_rows.append([cond, m["palette_accuracy"], m["mask_miou"], m["mode_coverage"],
+        summary_rows.append([cond, ev["temperature"], ev["cfg_scale"],
+                             "; ".join(_mark(b) for b in ev["bars"]),
                              t.get("tokenizer", 0.0), t.get("transformer", 0.0)])
         s = ev["samples"]
         rows, labels = [], []
@@ -108,7 +135,8 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         if ev["spec"].modality_obj.typed:
             sec.text = "Captions: " + "; ".join(f"<b>test[{s.indices[i]}]</b> “{ev['captions'][i]}”"
                                                 for i in range(min(6, len(ev["captions"]))))
-        sec.images.append(("condition | real image | samples (top-k 100)", grid_image(rows, labels=labels)))
+        sec.images.append((f"condition | real image | samples (top-k 100, T = {ev['temperature']:g}, "
+                           f"guidance s = {ev['cfg_scale']:g})", grid_image(rows, labels=labels)))
         d = r["dir"]
         for name, path, keys in (("tokenizer", d / "stage1" / "tokenizer.csv", None),
                                  ("transformer", d / "stage2" / "transformer.csv", ["loss"])):
@@ -124,13 +152,17 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         sec.tables.append(("time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in t.items()]))
         sections.append(sec)
     head = Section("Summary")
-    head.tables.append(("", ["condition", "palette acc.", "mask mIoU", "mode coverage", "tokenizer s", "transformer s"],
+    head.tables.append(("", ["condition", "T", "guidance s", "metric: value (bar)", "tokenizer s", "transformer s"],
                         summary_rows))
     info = machine_info()
     head.text = (f"Total wall time {total_seconds:.0f} s on {info['cpu_count']} CPU core(s), torch {info['torch']}, "
                  f"commit {info.get('commit')}. Palette accuracy: share of sampled objects whose mean colour is "
                  "nearest to an allowed colour of their class; mask mIoU: segmentation recovered from each sample vs the "
-                 "condition's; mode coverage: share of each object's allowed colours seen among a condition's samples.")
+                 "condition's; scene accuracy (text, audio): share of described objects found with their class's "
+                 "colour in their 3 x 3 cell; mode coverage: share of each object's allowed colours seen among a "
+                 "condition's samples. The bars are issue 14's quality bars, set for the larger quality-&lt;cond&gt; "
+                 "presets (<code>iqvae bench modalities</code>, results/modalities.md); the demo samples with their "
+                 "temperature and guidance scale but trains smaller models for fewer steps, so it can fall short.")
     return write_html(root / "report.html", "IQ-VAE demo on the Shapes world", [head, *sections],
                       intro="Generated by <code>iqvae demo</code>. Everything in this file is inline; no network needed.")
 
@@ -212,6 +244,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except OSError as e:
         raise IQVAEError(f"--out {root}: cannot create the folder ({e.strerror})") from None
     preset = "demo-quick" if args.quick else "demo"
+    sampling = {c: sampling_settings(c, args.temperature, args.cfg_scale) for c in conds}  # errors before training
     say = tqdm.write
     t0 = time.perf_counter()
     threads = [f"tokenizer.train.threads={args.threads}", f"transformer.train.threads={args.threads}"] if args.threads else []
@@ -228,19 +261,20 @@ def run_demo(args: argparse.Namespace) -> int:
         r = run_pipeline_for(cond, root, preset=preset, fresh=False, progress=False, say=say)  # reuses the stages
         say(f"[{cond}] sampling {args.conditions} held-out test conditions x {args.samples}")
         r["eval"] = evaluate_demo(cond, r["dir"], num_conditions=args.conditions, samples=args.samples,
-                                  seed=args.seed, progress=not args.no_progress)
+                                  seed=args.seed, progress=not args.no_progress, **sampling[cond])
         results[cond] = r
     report = build_report(root, results, time.perf_counter() - t0)
     from .train.common import write_json
 
-    write_json(root / "metrics.json", {c: {"metrics": r["eval"]["metrics"], "timings": r["timings"],
-                                           "conditions": args.conditions, "samples": args.samples, "seed": args.seed}
+    write_json(root / "metrics.json", {c: {"metrics": r["eval"]["metrics"], "bars": r["eval"]["bars"],
+                                           "timings": r["timings"], "conditions": args.conditions,
+                                           "samples": args.samples, "seed": args.seed, **sampling[c]}
                                        for c, r in results.items()})
     print("\nIQ-VAE demo finished in {:.0f} s".format(time.perf_counter() - t0))
     for cond, r in results.items():
-        m = r["eval"]["metrics"]
-        print(f"  {cond:6s} palette accuracy {m['palette_accuracy']:.3f}  mask mIoU {m['mask_miou']:.3f}  "
-              f"mode coverage {m['mode_coverage']:.3f}   model: {r['dir']}")
+        marks = "  ".join(_mark(b) for b in r["eval"]["bars"])
+        print(f"  {cond:9s} T {sampling[cond]['temperature']:g} s {sampling[cond]['cfg_scale']:g}  {marks}   "
+              f"model: {r['dir']}")
     print(f"report: {report.resolve()}")
     print(f"web demo: iqvae serve --model {root}")
     return 0
@@ -255,6 +289,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conditions", type=int, default=16, help="held-out test conditions to sample")
     p.add_argument("--samples", type=int, default=8, help="samples per condition")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: each condition's quality-<cond> preset, e.g. 0.6)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: each condition's quality-<cond> preset: seg 1, "
+                        "edge/keypoints/layout 2, text/audio 1.5)")
     p.add_argument("--sequential", action="store_true", help="train the conditions one after another in this process")
     p.add_argument("--threads", type=int, default=None, help="torch threads per training process")
     p.add_argument("--train-only", action="store_true", help="only train (used by the parallel training processes)")

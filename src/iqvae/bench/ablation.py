@@ -34,22 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, build_config, from_dict, load_preset, to_dict
+from ..config import apply_overrides, build_config, from_dict, load_preset, split_overrides, to_dict
 from ..errors import IQVAEError
 from ..stages import ensure_pipeline
 from .ablation_runs import (OURS_SYSTEM, SYSTEMS, BenchSettings, Plan, System, fig6_points, parse_sweep, say,
                             sweep_systems, tokenizer_run, transformer_run)
-
-
-def _split_overrides(items: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"tokenizer": [], "transformer": [], "ablation": []}
-    for item in items:
-        head, _, rest = item.partition(".")
-        if head not in out or not rest or "=" not in rest:
-            raise IQVAEError(f"--set expects tokenizer.KEY=VALUE, transformer.KEY=VALUE or ablation.KEY=VALUE; "
-                             f"got {item!r}")
-        out[head].append(rest)
-    return out
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -64,6 +53,7 @@ def evaluate_run(plan: Plan, name: str, seed: int, pipe: Path, codes: Path, extr
     s = plan.settings
     out = plan.work / "eval" / f"{name}-s{seed}"
     want = {"conditions": s.conditions, "samples_per_condition": s.samples, "seed": s.eval_seed, "top_k": s.top_k,
+            "temperature": s.temperature,
             "extractor": getattr(extractor, "name", None), "lpips": getattr(lpips, "label", None)}
     if (out / "metrics.json").is_file():
         res = _read(out / "metrics.json")
@@ -71,7 +61,7 @@ def evaluate_run(plan: Plan, name: str, seed: int, pipe: Path, codes: Path, extr
             return res
     say(f"evaluating {name} seed {seed}")
     res = evaluate_model(pipe, split="test", conditions=s.conditions, samples=s.samples, seed=s.eval_seed,
-                         top_k=s.top_k, extractor=extractor, extractor_source=source, lpips=lpips,
+                         top_k=s.top_k, temperature=s.temperature, extractor=extractor, extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=str(codes), real_images=s.real_images,
                          recon_items=s.recon_items, progress=plan.progress)
     write_results(res, out)
@@ -121,7 +111,7 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
     if bad or not names:
         raise IQVAEError(f"--systems: unknown system {bad[0] if bad else '(none)'!r}; choose from {', '.join(SYSTEMS)}")
     sweep_w, sweep_on = parse_sweep(getattr(args, "sweep_sgw", None), getattr(args, "sweep_sgw_on", None))
-    over = _split_overrides(list(getattr(args, "set", None) or []))
+    over = split_overrides(getattr(args, "set", None) or [], ("tokenizer", "transformer", "ablation"))
     preset = f"ablation-{args.budget}"
     tok_base = build_config(TokenizerRunConfig, "tokenizer", preset=preset, overrides=[f"data.cond={args.cond}",
                                                                                       *over["tokenizer"]])

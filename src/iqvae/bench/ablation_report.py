@@ -69,7 +69,8 @@ def samples_grid(pipes: dict[str, Path], settings: Any, path: Path) -> Path:
         data = pipe.tokenizer.data_config
         test = build_dataset(data, "test")
         s = draw_samples(pipe, test, data.cond, num_conditions=settings.grid_conditions,
-                         samples_per_condition=settings.samples, seed=settings.eval_seed, top_k=settings.top_k)
+                         samples_per_condition=settings.samples, seed=settings.eval_seed, top_k=settings.top_k,
+                         temperature=settings.temperature)
         tile = tile_size(pipe.resolution)
         row = []
         for i, c in enumerate(s.conds):
@@ -126,7 +127,7 @@ def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict
            + ", at the same sizes, steps and batch." if OURS_SYSTEM in per_seed else "."),
         "",
         f"Evaluation: the first {settings.conditions} test conditions × {settings.samples} samples, sampling seed "
-        f"{settings.eval_seed}, top-k {settings.top_k}; FD/KD extractor: {info['extractor_source']}; "
+        f"{settings.eval_seed}, top-k {settings.top_k}, temperature {settings.temperature:g}; FD/KD extractor: {info['extractor_source']}; "
         + (f"LPIPS: {info['lpips']}." if info["lpips"] else f"LPIPS diversity: n/a — {info['lpips_reason']}."),
         "Cells: mean ± sample std over seeds.  Train time = tokenizer + transformer seconds of the run (a shared "
         "tokenizer counts for each system using it).", "",

@@ -98,6 +98,7 @@ class BenchSettings:
     samples: int = opt(4, "samples per condition")
     eval_seed: int = opt(0, "sampling seed of the evaluation (the same for every system and seed)")
     top_k: int | None = opt(100, "top-k of the sampler (null: none)")
+    temperature: float = opt(1.0, "sampling temperature of the evaluation and the grids (the same for every system)")
     real_images: int | None = opt(None, "reference reals for FD/SWD (default: the conditions' real images)")
     recon_items: int = opt(128, "items for the reconstruction metrics")
     extractor_steps: int = opt(1000, "training steps of the cached Shapes feature classifier")
@@ -114,6 +115,8 @@ class BenchSettings:
                      "probe_projections"):
             if getattr(self, name) < 1:
                 raise IQVAEError(f"option 'ablation.{name}' must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise IQVAEError(f"option 'ablation.temperature' must be a number > 0, got {self.temperature!r}")
         if self.probe_items < 0:
             raise IQVAEError(f"option 'ablation.probe_items' must be at least 0, got {self.probe_items}")
         if self.fig6_system not in SYSTEMS:

@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--world", default="shapes", help="dataset (only the built-in shapes world for now)")
     a.add_argument("--cond", default="seg", help="condition modality: " + ", ".join(MODALITIES))
     a.add_argument("--budget", choices=["small", "full"], default="small",
-                   help="small: 32 px, 16 x 16 tokens, about 95 minutes on 2 CPU cores (the preset's comment); "
+                   help="small: 32 px, 16 x 16 tokens, about 96 minutes on 2 CPU cores (the preset's comment); "
                         "full: larger models and longer training, for a GPU")
     a.add_argument("--seeds", type=int, default=3, help="seeds per system (mean ± std)")
     a.add_argument("--systems", default=None, help="comma-separated subset of systems (default: all)")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, build_config
+from ..config import apply_overrides, build_config, split_overrides
 from ..errors import IQVAEError
 from .quality import QUALITY_BARS, QualitySettings, grid_rows, quality_settings
 
@@ -60,17 +60,6 @@ class ModalityPlan:
 
 def say(msg: str) -> None:
     print(f"[modalities] {msg}", flush=True)
-
-
-def _split_overrides(items: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"tokenizer": [], "transformer": [], "quality": []}
-    for item in items:
-        head, _, rest = item.partition(".")
-        if head not in out or not rest or "=" not in rest:
-            raise IQVAEError(f"--set expects tokenizer.KEY=VALUE, transformer.KEY=VALUE or quality.KEY=VALUE; "
-                             f"got {item!r}")
-        out[head].append(rest)
-    return out
 
 
 def parse_conds(text: str | None) -> list[str]:
@@ -305,7 +294,7 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     conds = parse_conds(getattr(args, "conds", None))
-    over = _split_overrides(list(getattr(args, "set", None) or []))
+    over = split_overrides(getattr(args, "set", None) or [], ("tokenizer", "transformer", "quality"))
     jobs = getattr(args, "jobs", None)
     if jobs is None:
         import torch
