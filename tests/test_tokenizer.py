@@ -512,3 +512,22 @@ def test_reconstruction_report_has_the_code_purity_measures_of_a_direct_computat
         cond_code_class_purity(enc.cond_indices, batch.cond["seg"])["cond_code_class_purity"])
     assert report["code_colour_purity"] == pytest.approx(
         code_colour_purity(enc.img_indices, batch.meta, RES)["code_colour_purity"])
+
+
+@pytest.mark.parametrize("cond_attn, attn", [(True, False), (False, True), (None, False), (None, True)])
+def test_cond_attn_sets_attention_of_the_condition_nets_only(cond_attn, attn):
+    """cond_attn (null: as attn) decides attention in the conv condition encoder / decoder, and nothing else: the
+    condition nets are exactly those of a model whose `attn` is cond_attn, the image nets those of `attn`."""
+    from iqvae.models.autoencoder import AttnBlock
+
+    want = attn if cond_attn is None else cond_attn
+    model = IQVAE(tiny(resolution=32, attn=attn, cond_attn=cond_attn), SPECS["edge"])
+    ref_cond = IQVAE(tiny(resolution=32, attn=want), SPECS["edge"])
+    ref_img = IQVAE(tiny(resolution=32, attn=attn), SPECS["edge"])
+    keys = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    for part, ref in (("cond_encoder", ref_cond), ("cond_decoder", ref_cond), ("encoder", ref_img),
+                      ("decoder", ref_img)):
+        assert keys(getattr(model, part)) == keys(getattr(ref, part)), part
+    assert any(isinstance(x, AttnBlock) for x in model.cond_encoder.modules()) == want
+    # a round trip through the checkpoint config keeps it
+    assert IQVAE.from_config_dict(model.config_dict()).config.cond_attn == cond_attn

@@ -67,9 +67,13 @@ class ConditionSpec:
         get_modality(self.modality).check_item(self, x, resolution, what)
 
 
-def conv_kwargs(cfg: Any) -> dict[str, Any]:
-    """The conv encoder/decoder options of a tokenizer config (what the image encoder/decoder use too)."""
-    return {"ch": cfg.ch, "ch_mult": cfg.ch_mult, "num_res_blocks": cfg.num_res_blocks, "attn": cfg.attn,
+def conv_kwargs(cfg: Any, *, cond: bool = False) -> dict[str, Any]:
+    """The conv encoder/decoder options of a tokenizer config: the image encoder/decoder's, or with ``cond`` those of
+    a conv condition encoder/decoder (the same, except attention follows ``cond_attn`` when it is set)."""
+    attn = cfg.attn
+    if cond and getattr(cfg, "cond_attn", None) is not None:
+        attn = cfg.cond_attn
+    return {"ch": cfg.ch, "ch_mult": cfg.ch_mult, "num_res_blocks": cfg.num_res_blocks, "attn": attn,
             "dropout": cfg.dropout}
 
 
@@ -169,7 +173,7 @@ class Modality:
         return self._build(nets.Decoder, spec, cfg)
 
     def _build(self, net: Callable[..., Any], spec: ConditionSpec, cfg: Any) -> Any:
-        return net(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg))
+        return net(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg, cond=True))
 
     def encode(self, encoder: Any, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Run the condition encoder on :meth:`network_input` output; ``grid`` is the latent (h, w)."""

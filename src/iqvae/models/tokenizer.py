@@ -81,6 +81,10 @@ class IQVAEConfig:
                                                     "resolution / 2**(len-1) (256 px and 5 levels -> 16x16)")
     num_res_blocks: int = opt(2, "ResNet blocks per level (decoders use one more)")
     attn: bool = opt(True, "self-attention at the lowest resolution and in the middle blocks")
+    cond_attn: bool | None = opt(None, "self-attention in the conv condition encoder / decoder (seg, edge, keypoints, "
+                                       "layout) at the lowest resolution and in the middle blocks; null: as attn. "
+                                       "Attention sees the whole map, so a condition latent can name what only a "
+                                       "wider context tells (the class an edge outline's shape implies)")
     dropout: float = opt(0.0, "dropout inside the ResNet blocks")
     embed_dim: int = opt(256, "codebook vector dimension D (paper: 256)")
     num_codes: int = opt(1024, "image codebook size (paper: 1024)")
