@@ -74,6 +74,11 @@ def test_summary_matches_per_seed_numbers(bench):
         # the per-seed NLL is the evaluation's NLL on the validation codes
         ev = json.loads((bench / "work" / "small" / "eval" / f"{name}-s1" / "metrics.json").read_text())
         assert runs[1]["nll_bits"] == ev["metrics"]["nll"]["bits_per_token"] and ev["metrics"]["nll"]["split"] == "val"
+        # the colour probes are the evaluation's reconstruction metrics (the Shapes world's exact ones)
+        rec = ev["metrics"]["reconstruction"]
+        assert (runs[1]["recon_palette"], runs[1]["code_colour_purity"], runs[1]["codes_per_colour"]) == (
+            rec["palette_accuracy"], rec["code_colour_purity"], rec["codes_per_colour"])
+    assert "image code colour purity" in md and "recon. palette acc." in md
     # iq-vr and iq-vr+gs use the same tokenizer (one tokenizer run per seed, plus the 4x4 and 8x8 Fig. 6 points:
     # the preset's own grid is 16 x 16)
     tok_runs = sorted(p.name for p in (bench / "work" / "small" / "tok").iterdir())

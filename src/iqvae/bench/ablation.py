@@ -86,6 +86,10 @@ def row_numbers(res: dict[str, Any], tok_run: Path, gpt_run: Path) -> dict[str, 
         "mode_coverage": shapes.get("mode_coverage"), "recon_psnr": rec["psnr"], "recon_ssim": rec["ssim"],
         "img_usage": rec.get("image_codebook_usage"), "cond_usage": rec.get("cond_codebook_usage"),
         "img_perplexity": rec.get("image_codebook_perplexity"), "cond_perplexity": rec.get("cond_codebook_perplexity"),
+        # how well the image codes name colours (the samples' ceiling and the GPT's task): the reconstructions'
+        # palette accuracy, the share of object cells whose code's majority colour is theirs, codes per colour
+        "recon_palette": rec.get("palette_accuracy"), "code_colour_purity": rec.get("code_colour_purity"),
+        "codes_per_colour": rec.get("codes_per_colour"),
         "tokenizer_seconds": float(tok_s), "transformer_seconds": float(gpt_s),
         "train_seconds": float(tok_s) + float(gpt_s),
     }

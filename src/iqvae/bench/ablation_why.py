@@ -15,7 +15,8 @@ PROBES = [
     ("sgw_pre", "SGW(c, x) pre", False), ("sgw_pre_scaled", "SGW pre, scale-free", False),
     ("rms_cond", "RMS z_c", None), ("rms_img", "RMS z_x", None), ("sgw_post", "SGW(c, x) post", False),
     ("img_usage", "image codes used", True), ("cond_usage", "cond. codes used", True),
-    ("img_perplexity", "image code perplexity", True),
+    ("img_perplexity", "image code perplexity", True), ("recon_palette", "recon. palette acc.", True),
+    ("code_colour_purity", "image code colour purity", True), ("codes_per_colour", "image codes per colour", False),
     ("nll_tf", "NLL TF prefix", False), ("nll_sampled", "NLL sampled prefix", False),
     ("exposure_gap", "exposure gap (bits)", False), ("prefix_error", "prefix tokens changed", None),
     ("gs_replaced", "GS replaced share", None), ("gs_candidates", "GS candidate share", None),
@@ -49,6 +50,10 @@ def step_verdicts(rows3: list[str], summary: dict[str, Any], titles: dict[str, s
             if (a, b) == ("iq-none", "iq-vr"):
                 line += (" Why: see the λ1 / sgw_on sweep below." if sweep else
                          " Why: not swept in this run (`--sweep-sgw 0.1,0.3,1,3,10` trains it at seed 0).")
+            elif (a, b) == ("vqgan-pair", "iq-none"):
+                line += (" Why: compare the probes' reconstruction palette accuracy, image code colour purity and "
+                         "codes per colour: a joint decoder also sees the condition, so its image codes need not "
+                         "name absolute colours, which the transformer must then learn per condition.")
             elif (a, b) == ("iq-vr", "iq-vr+gs"):
                 line += " Why: see the replaced share and the exposure gap below."
         out.append(line)
@@ -70,7 +75,9 @@ def probe_lines(per_seed: dict[str, list[dict[str, Any]]], summary: dict[str, An
              f"condition and image latents on {settings.probe_projections} fixed directions, before (pre) and after "
              "(post) quantization; GW shrinks with the latents' scale (degree 4), so RMS (distance to the scene's "
              "centroid) and the value after dividing each set by its RMS (scale-free) are given too.  Code usage and "
-             "perplexity: the evaluation's reconstructions.  Exposure: NLL (bits/token) of the first "
+             "perplexity: the evaluation's reconstructions; so are the reconstructions' palette accuracy (the "
+             "samples' ceiling), the share of object cells whose image code's most frequent colour is their own "
+             "(colour purity) and the effective number of codes per object colour.  Exposure: NLL (bits/token) of the first "
              f"{seqs} validation sequences with teacher-forced prefixes vs prefixes in which every "
              "token is the model's own draw from its teacher-forced prediction; the gap is their difference.  GS "
              "shares: on the steps that applied Gumbel sampling, over the whole run (transformer.csv).", "",
