@@ -107,8 +107,17 @@ def test_rerun_reuses_finished_runs(bench):
                work / "gpt" / "iq-vr+gs-s1" / "transformer" / "model.safetensors",
                work / "eval" / "iq-vr-s0" / "metrics.json"]
     before = [p.stat().st_mtime_ns for p in watched]
+    first = json.loads((bench / "results" / "ablation.json").read_text())["info"]
     assert run_ablation_bench(_args(bench)) == 0
     assert [p.stat().st_mtime_ns for p in watched] == before
+    # the report keeps the wall time of the invocation that trained the runs, beside this one's
+    again = json.loads((bench / "results" / "ablation.json").read_text())["info"]
+    ledger = again["invocations"]
+    assert len(ledger) == 2 and ledger[0]["wall_seconds"] == first["wall_seconds"]
+    assert ledger[1]["wall_seconds"] == again["wall_seconds"] and ledger[0]["systems"] == SYSTEMS
+    md = (bench / "results" / "ablation.md").read_text()
+    assert (f"oldest first: 1. {first['wall_seconds'] / 60:.1f} min (2 system(s) x 2 seed(s), 2 worker(s)" in md
+            and f"2. {again['wall_seconds'] / 60:.1f} min" in md)
 
 
 def test_changed_config_in_same_work_folder_is_refused(bench):

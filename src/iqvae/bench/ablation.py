@@ -181,9 +181,26 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
             "ours_additions": _additions(*_configs(plan, plan.system(OURS_SYSTEM))),
             "sweep_sgw": sweep_w, "sweep_sgw_on": sweep_on,
             "wall_seconds": time.perf_counter() - started}
+    info["invocations"] = record_invocation(plan.work, info)
     out = write_outputs(Path(args.out), info, per_seed, pipes, fig6, settings, sweep_out)
     print(f"wrote {', '.join(str(p) for p in out)}")
     return 0
+
+
+def record_invocation(work: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append this invocation to ``work/invocations.json`` and return every invocation on the work folder, oldest
+    first, so the report can state the wall time of the command that trained the table's runs even when a later
+    invocation (a sweep, a re-plot) reused them."""
+    from ..train.common import write_json
+
+    path = work / "invocations.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append({"wall_seconds": info["wall_seconds"], "systems": info["systems"], "seeds": len(info["seeds"]),
+                    "jobs": info["jobs"], "sweep_sgw": info["sweep_sgw"], "sweep_sgw_on": info["sweep_sgw_on"],
+                    "set": info["set"], "commit": info["machine"].get("commit"),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    write_json(path, entries)
+    return entries
 
 
 def _configs(plan: Plan, system: System) -> tuple[Any, Any]:

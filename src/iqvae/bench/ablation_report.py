@@ -83,6 +83,20 @@ def samples_grid(pipes: dict[str, Path], settings: Any, path: Path) -> Path:
     return path
 
 
+def invocations_sentence(entries: list[dict[str, Any]]) -> str:
+    """The wall time of every invocation on the work folder (the first one trained the table's runs)."""
+    if len(entries) < 2:
+        return ""
+    parts = []
+    for i, e in enumerate(entries, 1):
+        what = f"{len(e['systems'])} system(s) x {e['seeds']} seed(s)"
+        if e.get("sweep_sgw"):
+            what += f", sweep λ1 {e['sweep_sgw']} x sgw_on {e['sweep_sgw_on']}"
+        parts.append(f"{i}. {e['wall_seconds'] / 60:.1f} min ({what}, {e['jobs']} worker(s), commit {e.get('commit')}, "
+                     f"finished {e.get('finished')})")
+    return "  Every invocation on this work folder, oldest first: " + "; ".join(parts) + "."
+
+
 def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict[str, Any]]],
                   pipes: dict[str, Path], fig6: list[dict[str, Any]], settings: Any,
                   sweep: list[dict[str, Any]] | None = None) -> list[Path]:
@@ -111,7 +125,8 @@ def write_outputs(out: Path, info: dict[str, Any], per_seed: dict[str, list[dict
         f"Budget `{info['budget']}` (preset `{info['preset']}`{'; overrides ' + ', '.join(info['set']) if info['set'] else ''}), "
         f"seeds {info['seeds']}, commit {m.get('commit')}, {m.get('cpu_count')} CPU core(s), CUDA {m.get('cuda')}, "
         f"torch {m.get('torch')}.  Wall time of the command: {info.get('wall_seconds', float('nan')) / 60:.1f} min "
-        f"with {info.get('jobs', 1)} worker process(es) (runs reused from an earlier invocation count as 0).", "",
+        f"with {info.get('jobs', 1)} worker process(es) (runs reused from an earlier invocation count as 0)."
+        + invocations_sentence(info.get("invocations") or []), "",
         f"Equal compute: every tokenizer {tok['train']['steps']} steps × batch {tok['train']['batch_size']} "
         f"(ch {tok['model']['ch']}, ch_mult {tok['model']['ch_mult']}, {tok['model']['num_codes']} codes × "
         f"{tok['model']['embed_dim']}), every transformer {gpt['train']['steps']} steps × batch "
