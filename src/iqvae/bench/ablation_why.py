@@ -22,7 +22,9 @@ PROBES = [
     ("gs_replaced", "GS replaced share", None), ("gs_candidates", "GS candidate share", None),
 ]
 SWEEP_COLUMNS = [("sgw_pre", "SGW pre"), ("sgw_pre_scaled", "SGW pre, scale-free"), ("sgw_post", "SGW post"),
-                 ("img_usage", "image codes used"), ("cond_usage", "cond. codes used"), ("nll_bits", "NLL bits/token"),
+                 ("img_usage", "image codes used"), ("cond_usage", "cond. codes used"),
+                 ("recon_palette", "recon. palette acc."), ("code_colour_purity", "image code colour purity"),
+                 ("codes_per_colour", "image codes per colour"), ("nll_bits", "NLL bits/token"),
                  ("fd", "FD"), ("palette_accuracy", "palette acc."), ("mask_miou", "mask mIoU"),
                  ("mode_coverage", "mode coverage")]
 HEADLINE = [("fd", False), ("palette_accuracy", True), ("mask_miou", True), ("mode_coverage", True)]
@@ -152,7 +154,8 @@ def sweep_lines(sweep: list[dict[str, Any]], per_seed: dict[str, list[dict[str, 
     for on in sorted({r["sgw_on"] for r in sweep}):
         pts = [r for r in sweep if r["sgw_on"] == on]
         parts = []
-        for key in ("sgw_pre", "sgw_pre_scaled", "img_usage", "nll_bits", "palette_accuracy", "fd"):
+        for key in ("sgw_pre", "sgw_pre_scaled", "img_usage", "code_colour_purity", "nll_bits", "palette_accuracy",
+                    "fd"):
             xy = [(r["sgw_weight"], r[key]) for r in pts if r.get(key) is not None]
             rho = spearman([x for x, _ in xy], [y for _, y in xy])
             parts.append(f"{titles.get(key, dict(SWEEP_COLUMNS).get(key, key))} ρ = "
