@@ -79,6 +79,12 @@ def test_summary_matches_per_seed_numbers(bench):
         assert (runs[1]["recon_palette"], runs[1]["code_colour_purity"], runs[1]["codes_per_colour"]) == (
             rec["palette_accuracy"], rec["code_colour_purity"], rec["codes_per_colour"])
     assert "image code colour purity" in md and "recon. palette acc." in md
+    # the Gumbel shares are those of the run's own log (read afresh, not from the probe cache)
+    from iqvae.bench.ablation_probes import gumbel_share
+
+    for seed in (0, 1):
+        log = gumbel_share(bench / "work" / "small" / "gpt" / f"iq-vr+gs-s{seed}" / "transformer.csv")
+        assert data["per_seed"]["iq-vr+gs"][seed]["gs_replaced"] == log["gs_replaced"]
     # iq-vr and iq-vr+gs use the same tokenizer (one tokenizer run per seed, plus the 4x4 and 8x8 Fig. 6 points:
     # the preset's own grid is 16 x 16)
     tok_runs = sorted(p.name for p in (bench / "work" / "small" / "tok").iterdir())

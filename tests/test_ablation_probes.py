@@ -83,11 +83,12 @@ def test_exposure_probe_against_its_closed_form():
 
 def test_gumbel_share_weights_each_logged_window(tmp_path):
     f = tmp_path / "transformer.csv"
-    # windows of 50, 50 and 20 steps; Gumbel steps are 13, 12 and 5 of them; each row holds window means
+    # windows of 50, 50 and 20 steps; Gumbel steps are 13, 12 and 5 of them; as the trainer logs them, gs_applied is
+    # the share of Gumbel steps in the window and the gs_* shares are means over those steps only
     f.write_text("step,lr,loss,gs_candidates,gs_replaced,gs_rate,gs_applied\n"
-                 f"49,0.1,2.0,{0.5 * 13 / 50},{0.1 * 13 / 50},0.1,{13 / 50}\n"
-                 f"99,0.1,2.0,{0.6 * 12 / 50},{0.3 * 12 / 50},0.5,{12 / 50}\n"
-                 f"119,0.1,2.0,{0.8 * 5 / 20},{0.6 * 5 / 20},0.9,{5 / 20}\n")
+                 f"49,0.1,2.0,0.5,0.1,0.1,{13 / 50}\n"
+                 f"99,0.1,2.0,0.6,0.3,0.5,{12 / 50}\n"
+                 f"119,0.1,2.0,0.8,0.6,0.9,{5 / 20}\n")
     g = gumbel_share(f)
     assert g["gs_replaced"] == pytest.approx((0.1 * 13 + 0.3 * 12 + 0.6 * 5) / 30)
     assert g["gs_candidates"] == pytest.approx((0.5 * 13 + 0.6 * 12 + 0.8 * 5) / 30)
@@ -102,3 +103,30 @@ def test_spearman():
     x, y = [0.1, 0.3, 1.0, 3.0, 10.0], [5.0, 4.0, 4.0, 1.0, 2.0]
     assert spearman(x, y) == pytest.approx(scipy.spearmanr(x, y).statistic)
     assert spearman(x, x) == pytest.approx(1.0) and spearman(x[:2], y[:2]) is None and spearman(x, [1.0] * 5) is None
+
+
+def test_gumbel_share_reads_the_trainers_log_at_any_logging_window(tmp_path):
+    """Oracle: the same deterministic run logged every step and every 4 steps gives the same shares, equal to the mean
+    over the Gumbel steps of the per-step log."""
+    import csv
+
+    from iqvae.cli import main
+
+    tiny = ["--preset", "tiny", "--no-progress", "--set", "train.threads=1"]
+    assert main(["train-tokenizer", *tiny, "--run-dir", str(tmp_path / "tok"), "--set", "train.steps=2"]) == 0
+    assert main(["encode", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "codes"), "--splits",
+                 "train,val", "--no-progress"]) == 0
+    gumbel = ["--set", "gumbel.mode=gumbel", "--set", "gumbel.every=2", "--set", "gumbel.threshold=-1.0",
+              "--set", "gumbel.schedule=constant", "--set", "gumbel.max_rate=0.5", "--set", "train.steps=12"]
+    shares = {}
+    for every in (1, 4):
+        run = tmp_path / f"gpt-{every}"
+        assert main(["train-transformer", *tiny, *gumbel, "--codes", str(tmp_path / "codes"), "--run-dir", str(run),
+                     "--set", f"train.log_every={every}"]) == 0
+        shares[every] = gumbel_share(run / "transformer.csv")
+    rows = [r for r in csv.DictReader((tmp_path / "gpt-1" / "transformer.csv").open()) if float(r["gs_applied"]) == 1]
+    assert len(rows) == 6
+    assert shares[1]["gs_replaced"] == pytest.approx(sum(float(r["gs_replaced"]) for r in rows) / 6)
+    assert 0 < shares[1]["gs_replaced"] <= 1
+    for key in ("gs_replaced", "gs_candidates"):
+        assert shares[4][key] == pytest.approx(shares[1][key], rel=1e-6)

@@ -90,7 +90,10 @@ def exposure_probe(transformer: Any, cond: torch.Tensor, image: torch.Tensor, *,
 
 
 def gumbel_share(csv_path: Path) -> dict[str, float | None]:
-    """Candidate and replaced shares on Gumbel steps (``transformer.csv`` rows are window means); None without any."""
+    """Candidate and replaced shares on Gumbel steps; None without any.  A ``transformer.csv`` row holds, for its
+    window of steps, ``gs_applied`` = the share of the window's steps that applied Gumbel sampling and ``gs_replaced``
+    / ``gs_candidates`` = their means over those steps only (the trainer averages Gumbel statistics over the steps
+    that apply it), so each row weighs by its number of Gumbel steps."""
     none = {"gs_replaced": None, "gs_candidates": None, "gs_replaced_last": None}
     if not csv_path.is_file():
         return none
@@ -104,19 +107,20 @@ def gumbel_share(csv_path: Path) -> dict[str, float | None]:
         step = int(float(r["step"]))
         w = step - prev  # steps in this row's window
         prev = step
-        a = float(r["gs_applied"]) * w
+        a = float(r["gs_applied"]) * w  # Gumbel steps in the window
         if a > 0:
             applied += a
-            replaced += float(r["gs_replaced"]) * w
-            cand += float(r["gs_candidates"]) * w
-            last = float(r["gs_replaced"]) / float(r["gs_applied"])
+            replaced += float(r["gs_replaced"]) * a
+            cand += float(r["gs_candidates"]) * a
+            last = float(r["gs_replaced"])
     if applied == 0:
         return none
     return {"gs_replaced": replaced / applied, "gs_candidates": cand / applied, "gs_replaced_last": last}
 
 
 def probe_run(out: Path, pipe: Path, codes: Path, gpt_run: Path, settings: Any) -> dict[str, Any]:
-    """All probes of one system and seed, cached in ``out/probes.json`` (recomputed when the protocol changed)."""
+    """All probes of one system and seed: the model probes cached in ``out/probes.json`` (recomputed when the
+    protocol changed), the Gumbel shares read afresh from the run's log."""
     from ..codes import load_codes
     from ..data.config import build_dataset
     from ..pipeline import IQVAEPipeline
@@ -126,7 +130,8 @@ def probe_run(out: Path, pipe: Path, codes: Path, gpt_run: Path, settings: Any) 
     if f.is_file():
         res = json.loads(f.read_text())
         if res.get("protocol") == want:
-            return res["values"]
+            return {**{k: v for k, v in res["values"].items() if not k.startswith("gs_")},
+                    **gumbel_share(gpt_run / "transformer.csv")}
     p = IQVAEPipeline.from_pretrained(pipe)
     data = p.tokenizer.data_config
     values: dict[str, Any] = latent_probe(p.tokenizer, build_dataset(data, "test"), data.cond, settings.probe_items,
@@ -134,7 +139,6 @@ def probe_run(out: Path, pipe: Path, codes: Path, gpt_run: Path, settings: Any) 
     val = load_codes(codes, "val")
     k = min(settings.probe_items, len(val))
     values.update(exposure_probe(p.transformer, val.cond[:k], val.image[:k]))
-    values.update(gumbel_share(gpt_run / "transformer.csv"))
     out.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps({"protocol": want, "values": values}, indent=1))
-    return values
+    return {**values, **gumbel_share(gpt_run / "transformer.csv")}
