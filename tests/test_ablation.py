@@ -236,3 +236,27 @@ def test_sweep_and_ours_row(tmp_path):
            "`tokenizer.model.colour_head`" in md
     ours = yaml.safe_load((tmp_path / "work" / "small" / "gpt" / "iq-vr+gs+ours-s0" / "config.yaml").read_text())
     assert ours["model"]["above_window"] == 3 and ours["gumbel"]["mode"] == "gumbel"
+
+
+def test_a_run_saved_before_an_option_existed_is_reused_at_that_options_default(tmp_path):
+    """check_same_config reads the saved config through the dataclass: a missing key is its default (reuse), a
+    changed value or an unknown key is another configuration."""
+    import yaml
+
+    from iqvae.config import build_config, to_dict
+    from iqvae.stages import check_same_config
+    from iqvae.train.tokenizer import TokenizerRunConfig
+
+    cfg = build_config(TokenizerRunConfig, "tokenizer", preset="tiny")
+    saved = to_dict(cfg)
+    del saved["model"]["cond_attn"]  # as written before the option existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_same_config(tmp_path, cfg, "hint")  # the default keeps the old behaviour: no error
+    for over in ("model.cond_attn=true", "train.steps=7"):
+        other = build_config(TokenizerRunConfig, "tokenizer", preset="tiny", overrides=[over])
+        with pytest.raises(IQVAEError, match="another configuration"):
+            check_same_config(tmp_path, other, "hint")
+    saved["model"]["retired_option"] = 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(IQVAEError, match="another configuration"):
+        check_same_config(tmp_path, cfg, "hint")

@@ -16,18 +16,26 @@ Say = Callable[[str], None]
 
 def check_same_config(run_dir: Path, cfg: Any, hint: str) -> None:
     """Refuse to reuse or resume ``run_dir`` when its saved ``config.yaml`` differs from ``cfg`` (the thread count
-    aside: it does not change what is trained); ``hint`` says what to do instead."""
+    aside: it does not change what is trained); ``hint`` says what to do instead.  The saved config is read through
+    ``cfg``'s dataclass, so an option added since then counts as its default (which keeps the old behaviour); an
+    option that no longer exists is a difference."""
     import yaml
 
-    from .config import to_dict
-    from .errors import IQVAEError
+    from .config import from_dict, to_dict
+    from .errors import ConfigError, IQVAEError
 
     saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
 
     def comparable(d: dict[str, Any]) -> dict[str, Any]:
         return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
 
-    if saved.is_file() and comparable(yaml.safe_load(saved.read_text())) != comparable(to_dict(cfg)):
+    try:
+        old = comparable(to_dict(from_dict(type(cfg), yaml.safe_load(saved.read_text()))))
+    except ConfigError:
+        old = None
+    if old != comparable(to_dict(cfg)):
         raise IQVAEError(f"'{run_dir}' holds a run with another configuration (preset, --set or code changed); {hint}")
 
 
