@@ -84,6 +84,7 @@ def test_summary_matches_per_seed_numbers(bench):
 
     for seed in (0, 1):
         log = gumbel_share(bench / "work" / "small" / "gpt" / f"iq-vr+gs-s{seed}" / "transformer.csv")
+        assert log["gs_replaced"] is not None  # step 0 is a Gumbel step, so the log has a share to compare
         assert data["per_seed"]["iq-vr+gs"][seed]["gs_replaced"] == log["gs_replaced"]
     # iq-vr and iq-vr+gs use the same tokenizer (one tokenizer run per seed, plus the 4x4 and 8x8 Fig. 6 points:
     # the preset's own grid is 16 x 16)

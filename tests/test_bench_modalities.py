@@ -79,7 +79,7 @@ def test_json_numbers_are_the_per_run_metrics(bench):
         main = _read(_eval(bench, cond, S))
         assert main["protocol"]["guidance_scale"] == S and main["protocol"]["temperature"] == T
         assert (main["protocol"]["conditions"], main["protocol"]["samples_per_condition"]) == (3, 2)
-        for k in METRICS:
+        for k in (*METRICS, "mask_miou_per_image"):
             assert e[k] == main["metrics"]["shapes"]["samples"][k]
         assert [g["cfg_scale"] for g in e["guidance"]] == [1.0, 2.0]
         for g in e["guidance"]:

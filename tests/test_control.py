@@ -76,8 +76,17 @@ def test_miou_matches_brute_force():
             if union:
                 ious.append(inter / union)
         per.append(sum(ious) / len(ious))
-    assert miou(pred, tgt) == pytest.approx(sum(per) / 5, abs=1e-12)
-    assert miou(tgt, tgt) == 1.0
+    assert miou(pred, tgt, "image") == pytest.approx(sum(per) / 5, abs=1e-12)
+    # the default, the dataset protocol: each class's intersection and union summed over the 5 maps first
+    ious = []
+    for c in range(5):
+        inter = int(((pred == c) & (tgt == c)).sum())
+        union = int(((pred == c) | (tgt == c)).sum())
+        if union:
+            ious.append(inter / union)
+    assert miou(pred, tgt) == pytest.approx(sum(ious) / len(ious), abs=1e-12)
+    assert miou(pred, tgt) != pytest.approx(miou(pred, tgt, "image"), abs=1e-3)
+    assert miou(tgt, tgt) == 1.0 and miou(tgt, tgt, "image") == 1.0
 
 
 def test_box_iou_matches_brute_force():

@@ -63,7 +63,7 @@ def test_json_keys_and_names(evaluated):
     assert "sampling seed 7" in md and "top-k 100" in md
     sh = m["shapes"]
     scene = ("scene_accuracy", "scene_precision", "scene_recall")
-    assert set(sh["samples"]) == {"palette_accuracy", "mask_miou", "mode_coverage", *scene}
+    assert set(sh["samples"]) == {"palette_accuracy", "mask_miou", "mask_miou_per_image", "mode_coverage", *scene}
     assert all(0.0 <= sh["samples"][k] <= 1.0 for k in scene)
     assert {k: sh["real"][k] for k in scene} == dict.fromkeys(scene, 1.0)  # the oracle row: true images
     assert sh["fit"] == ["palette_accuracy", "mask_miou", "mode_coverage"]

@@ -23,6 +23,7 @@ from iqvae.metrics.shapes import (
     code_colour_purity,
     iou_per_class,
     mask_adherence,
+    miou_of_maps,
     mode_coverage,
     nearest_colour,
     object_colours,
@@ -67,6 +68,30 @@ def test_iou_per_class_small_example():
     pred = torch.tensor([[0, 1], [1, 2]])
     tgt = torch.tensor([[0, 1], [2, 2]])
     assert iou_per_class(pred, tgt) == {0: 1.0, 1: 0.5, 2: 0.5}
+
+
+def test_miou_protocols_on_a_stray_pixel():
+    """A map with one stray pixel of a class the target lacks: the per-image protocol gives that class IoU 0 in the
+    map's mean, the dataset protocol weighs it by its one pixel (closed forms)."""
+    tgt = torch.zeros(2, 4, 4, dtype=torch.long)
+    tgt[:, :2, :2] = 1  # a 4-pixel object of class 1 in both maps
+    pred = tgt.clone()
+    pred[0, 3, 3] = 2  # one stray pixel of class 2 in map 0
+    assert miou_of_maps(pred, tgt, "image") == pytest.approx(((11 / 12 + 1 + 0) / 3 + 1) / 2)
+    assert miou_of_maps(pred, tgt, "dataset") == pytest.approx((23 / 24 + 1 + 0) / 3)  # class 2: union 1, inter 0
+    # a set whose targets hold every class somewhere (as any real evaluation set does): the stray pixel of class 2
+    # in map 0 costs map 0 a third of its per-image mIoU, but only 1 pixel of class 2's summed union of 257
+    big = torch.zeros(2, 64, 64, dtype=torch.long)
+    big[:, :32, :32] = 1
+    big[1, 48:64, 48:64] = 2
+    big_pred = big.clone()
+    big_pred[0, 63, 63] = 2
+    assert miou_of_maps(big_pred, big, "image") == pytest.approx(((3071 / 3072 + 1 + 0) / 3 + 1) / 2)
+    assert miou_of_maps(big_pred, big, "dataset") == pytest.approx((5887 / 5888 + 1 + 256 / 257) / 3)
+    with pytest.raises(DataError, match="protocol"):
+        miou_of_maps(pred, tgt, "pixels")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="label maps"):
+        miou_of_maps(pred.float(), tgt)
 
 
 def test_true_samples_score_one(batch32):

@@ -56,8 +56,9 @@ def modality_entry(plan: Any, result: dict[str, Any], info: dict[str, Any]) -> d
         "threads": plan.threads, "jobs": info["jobs"], "set": info["set"], "commit": info["machine"].get("commit"),
         "machine": info["machine"],
     }
+    per_image = main["metrics"]["shapes"].get("samples", {}).get("mask_miou_per_image")
     return {
-        **values,
+        **values, "mask_miou_per_image": per_image,
         "bars": dict(bars), "passed": passed, "meets_bar": all(passed.values()),
         "train_seconds": sum(stage_seconds.values()) if len(stage_seconds) == len(STAGES) else None,
         "train_stage_seconds": stage_seconds,
@@ -113,7 +114,9 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         "",
         "A cell reads: measured value ≥ bar, ✓ met or ✗ missed. A value in parentheses has no bar: the metric does not "
         "judge that condition (seg, layout, keypoints and edge fix each object's pixels, so palette accuracy and mask "
-        "mIoU judge them; text and audio name class, size and 3 × 3 cell only, so scene accuracy does). Train s: wall "
+        "mIoU judge them; text and audio name class, size and 3 × 3 cell only, so scene accuracy does). Mask mIoU "
+        "sums each class's intersection and union over all samples before the mean over classes (the segmentation "
+        "benchmarks' protocol); the mean of per-image mIoUs is `mask_miou_per_image` in modalities.json. Train s: wall "
         "seconds of tokenizer + codes + transformer, measured in the worker that trained the condition while "
         f"{info['jobs']} worker(s) shared the machine (the 20-minute bar is for a run alone on 2 cores: "
         "`scripts/quality-run COND`).",

@@ -68,6 +68,7 @@ def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, flo
     return {
         "palette_accuracy": float(palette_accuracy(flat, metas)),
         "mask_miou": float(mask_adherence(flat, segs)),
+        "mask_miou_per_image": float(mask_adherence(flat, segs, "image")),
         "mode_coverage": float(sum(mode_coverage(samples.images[i], samples.metas[i]) for i in range(c)) / c),
         **scene_scores(flat, metas),
     }
@@ -81,6 +82,8 @@ def real_shapes_metrics(dataset: PairDataset, num: int) -> dict[str, float]:
     items = [dataset[i] for i in range(min(num, len(dataset)))]
     imgs = torch.stack([s.image for s in items])
     metas = [s.meta for s in items]
+    seg = torch.stack([s.cond["seg"] for s in items])
     return {"palette_accuracy": float(palette_accuracy(imgs, metas)),
-            "mask_miou": float(mask_adherence(imgs, torch.stack([s.cond["seg"] for s in items]))),
+            "mask_miou": float(mask_adherence(imgs, seg)),
+            "mask_miou_per_image": float(mask_adherence(imgs, seg, "image")),
             **scene_scores(imgs, metas)}

@@ -11,9 +11,9 @@ seg / layout / keypoints back is :class:`iqvae.models.predictor.ConditionPredict
   (1 when both maps are empty), then the mean over images.  ``tolerance`` r > 0 counts a predicted edge pixel as
   right when a true one lies within Chebyshev distance r, and a true one as found when a predicted one does
   (precision and recall each through a (2r + 1)^2 dilation of the other map; r = 0 is the exact protocol).
-* ``miou`` (seg): per image, the mean IoU over the classes present in the predicted or the true map (background
-  included), then the mean over images: the protocol of the Shapes world's exact ``mask_miou``
-  (:func:`iqvae.metrics.shapes.mask_adherence`), so the two can be read side by side.
+* ``miou`` (seg): each class's intersection and union summed over all images, then the mean IoU over the classes
+  present (background included): the segmentation benchmarks' protocol and that of the Shapes world's exact
+  ``mask_miou`` (:func:`iqvae.metrics.shapes.miou_of_maps`), so the two can be read side by side.
 * ``box_iou`` (layout): per image, the mean over classes whose box plane is non-empty in the prediction (> 0.5) or
   the condition (> 0.5) of the IoU of the two planes, then the mean over images that have any such class.
 * ``keypoint_error`` (keypoints; lower is better): for every keypoint channel whose condition heatmap peaks at
@@ -93,15 +93,12 @@ def canny_f1(images: torch.Tensor, edges: torch.Tensor, low: float = CANNY_LOW, 
 # ----------------------------------------------------------------------------------- scores of a condition predictor
 
 
-def miou(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean over images of the mIoU over the classes present in either map (``(N, H, W)`` int label maps)."""
-    from .shapes import iou_per_class
+def miou(pred: torch.Tensor, target: torch.Tensor, protocol: str = "dataset") -> float:
+    """mIoU of two ``(N, H, W)`` int label maps (:func:`iqvae.metrics.shapes.miou_of_maps`: ``dataset``, summed
+    over the N maps, or ``image``, the mean of per-map mIoUs)."""
+    from .shapes import miou_of_maps
 
-    p, t = torch.as_tensor(pred), torch.as_tensor(target)
-    if p.shape != t.shape or p.ndim != 3 or p.dtype.is_floating_point or t.dtype.is_floating_point:
-        raise DataError(f"miou needs two int (N, H, W) label maps of one shape; got {p.dtype} {tuple(p.shape)} and "
-                        f"{t.dtype} {tuple(t.shape)}")
-    return float(np.mean([np.mean(list(iou_per_class(p[i], t[i]).values())) for i in range(p.shape[0])]))
+    return miou_of_maps(pred, target, protocol)  # type: ignore[arg-type]
 
 
 def box_iou(pred: torch.Tensor, target: torch.Tensor) -> float:

@@ -72,6 +72,8 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
 
         rec = torch.cat(recons)
         report["palette_accuracy"] = float(palette_accuracy(rec, metas))
-        report["mask_miou"] = float(mask_adherence(rec, torch.cat(segs)))
+        seg = torch.cat(segs)
+        report["mask_miou"] = float(mask_adherence(rec, seg))
+        report["mask_miou_per_image"] = float(mask_adherence(rec, seg, "image"))
         report.update(code_colour_purity(first_level(img_idx), metas, rec.shape[-1]))
     return report

@@ -70,9 +70,7 @@ class ConditionSpec:
 def conv_kwargs(cfg: Any, *, cond: bool = False) -> dict[str, Any]:
     """The conv encoder/decoder options of a tokenizer config: the image encoder/decoder's, or with ``cond`` those of
     a conv condition encoder/decoder (the same, except attention follows ``cond_attn`` when it is set)."""
-    attn = cfg.attn
-    if cond and getattr(cfg, "cond_attn", None) is not None:
-        attn = cfg.cond_attn
+    attn = cfg.cond_attn if cond and cfg.cond_attn is not None else cfg.attn
     return {"ch": cfg.ch, "ch_mult": cfg.ch_mult, "num_res_blocks": cfg.num_res_blocks, "attn": attn,
             "dropout": cfg.dropout}
 
