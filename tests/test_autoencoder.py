@@ -102,3 +102,31 @@ def test_text_decoder_shape_and_dependence_on_grid():
     logits = dec(z)
     assert logits.shape == (2, 11, 6)
     assert not torch.allclose(dec(z + 1.0), logits)
+
+
+def _receptive_field(enc: Encoder, res: int) -> torch.Tensor:
+    """bool (res, res): the input pixels that the top-left latent cell's output depends on (gradient != 0), with
+    the GroupNorms (whose statistics span the whole map) made identities, so only the convolutions' reach counts."""
+    for parent in list(enc.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.GroupNorm):
+                setattr(parent, name, torch.nn.Identity())
+    x = torch.randn(1, 1, res, res, requires_grad=True)
+    enc(x)[0, :, 0, 0].sum().backward()
+    return x.grad[0, 0].abs() > 0
+
+
+def test_context_branch_widens_the_receptive_field_to_the_whole_map():
+    """Without it (and without attention) a latent cell sees a bounded neighbourhood; with 2 context levels on a
+    16 x 16 grid (down to 4 x 4) the top-left cell depends on every pixel of the 32 px map."""
+    torch.manual_seed(0)
+    plain = Encoder(1, 4, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn=False)
+    rf = _receptive_field(plain, 32)
+    assert rf[0, 0] and not rf[19:, :].any() and not rf[:, 19:].any()  # local: a 19 x 19 corner of the 32 x 32 map
+    wide = Encoder(1, 4, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn=False, context_levels=2)
+    assert _receptive_field(wide, 32).all()
+    assert wide(torch.randn(2, 1, 32, 32)).shape == (2, 4, 16, 16)
+    # context_levels=0 is the plain encoder, parameter for parameter (old checkpoints load)
+    shapes = lambda e: {k: v.shape for k, v in e.state_dict().items()}  # noqa: E731
+    new = lambda **kw: Encoder(1, 4, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn=False, **kw)  # noqa: E731
+    assert shapes(new(context_levels=0)) == shapes(new())

@@ -531,3 +531,19 @@ def test_cond_attn_sets_attention_of_the_condition_nets_only(cond_attn, attn):
     assert any(isinstance(x, AttnBlock) for x in model.cond_encoder.modules()) == want
     # a round trip through the checkpoint config keeps it
     assert IQVAE.from_config_dict(model.config_dict()).config.cond_attn == cond_attn
+
+
+def test_cond_context_levels_act_on_the_condition_encoder_only_and_are_checked():
+    from iqvae.models.autoencoder import ContextBranch
+
+    model = IQVAE(tiny(resolution=32, cond_context_levels=2), SPECS["edge"])
+    assert sum(isinstance(m, ContextBranch) for m in model.modules()) == 1
+    assert isinstance(model.cond_encoder.context, ContextBranch) and len(model.cond_encoder.context.down) == 2
+    assert IQVAE.from_config_dict(model.config_dict()).config.cond_context_levels == 2
+    plain = IQVAE(tiny(resolution=32), SPECS["edge"])
+    assert not any(isinstance(m, ContextBranch) for m in plain.modules())
+    with pytest.raises(ConfigError, match="cond_context_levels"):
+        tiny(resolution=32, cond_context_levels=5).validate()  # a 16 x 16 grid halves 4 times at most
+    with pytest.raises(ConfigError, match="cond_context_levels"):
+        tiny(resolution=32, cond_context_levels=-1).validate()
+    tiny(resolution=32, cond_context_levels=4).validate()

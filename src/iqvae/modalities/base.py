@@ -163,8 +163,9 @@ class Modality:
 
     def build_encoder(self, spec: ConditionSpec, cfg: Any, nets: Nets) -> Any:
         """E_c, built from ``nets`` and the tokenizer config ``cfg``: the image's conv encoder on
-        :meth:`in_channels`."""
-        return self._build(nets.Encoder, spec, cfg)
+        :meth:`in_channels` (with ``cfg.cond_context_levels`` levels of wider context on the latent grid)."""
+        return nets.Encoder(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg, cond=True),
+                            context_levels=cfg.cond_context_levels)
 
     def build_decoder(self, spec: ConditionSpec, cfg: Any, nets: Nets) -> Any:
         """D_c: the mirror of :meth:`build_encoder`."""

@@ -89,11 +89,35 @@ def _mid(ch: int, attn: bool, dropout: float) -> nn.Sequential:
                          ResnetBlock(ch, ch, dropout))
 
 
+class ContextBranch(nn.Module):
+    """A small U-Net on the latent grid: ``levels`` times (stride-2 conv, ResNet block) down, then as many times
+    (nearest x2 + conv, ResNet block) up, each level's input added back on the way up.  With 3 x 3 convolutions a
+    cell then sees about ``2**levels`` times its encoder's neighbourhood (at a 16 x 16 grid, 2 levels reach 4 x 4:
+    the whole map), so a condition latent can name what only a wider context tells, e.g. the class an edge outline's
+    shape implies, for cells inside an object where the outline is far away."""
+
+    def __init__(self, ch: int, levels: int, dropout: float = 0.0):
+        super().__init__()
+        self.down = nn.ModuleList(nn.Sequential(Downsample(ch), ResnetBlock(ch, ch, dropout)) for _ in range(levels))
+        self.up = nn.ModuleList(nn.Sequential(Upsample(ch), ResnetBlock(ch, ch, dropout)) for _ in range(levels))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.down:
+            skips.append(h)
+            h = down(h)
+        for up, skip in zip(self.up, reversed(skips)):
+            h = up(h)[..., : skip.shape[-2], : skip.shape[-1]] + skip  # odd sizes: crop the upsampled map
+        return h
+
+
 class Encoder(nn.Module):
-    """``(B, in_channels, H, W) -> (B, out_channels, H / 2**(L-1), W / 2**(L-1))``."""
+    """``(B, in_channels, H, W) -> (B, out_channels, H / 2**(L-1), W / 2**(L-1))``.
+
+    ``context_levels > 0`` adds a :class:`ContextBranch` on the latent grid after the middle blocks."""
 
     def __init__(self, in_channels: int, out_channels: int, ch: int = 32, ch_mult: Sequence[int] = (1, 2),
-                 num_res_blocks: int = 1, attn: bool = True, dropout: float = 0.0):
+                 num_res_blocks: int = 1, attn: bool = True, dropout: float = 0.0, context_levels: int = 0):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
@@ -113,6 +137,7 @@ class Encoder(nn.Module):
             levels.append(nn.Sequential(*blocks))
         self.levels = nn.Sequential(*levels)
         self.mid = _mid(block_in, attn, dropout)
+        self.context = ContextBranch(block_in, context_levels, dropout) if context_levels > 0 else nn.Identity()
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
@@ -121,7 +146,7 @@ class Encoder(nn.Module):
         h = self.levels(self.conv_in(x))
         if out_size is not None:
             h = F.adaptive_avg_pool2d(h, out_size)
-        h = self.mid(h)
+        h = self.context(self.mid(h))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

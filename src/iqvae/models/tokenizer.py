@@ -85,6 +85,11 @@ class IQVAEConfig:
                                        "layout) at the lowest resolution and in the middle blocks; null: as attn. "
                                        "Attention sees the whole map, so a condition latent can name what only a "
                                        "wider context tells (the class an edge outline's shape implies)")
+    cond_context_levels: int = opt(
+        0, "our addition, not in the paper: a small U-Net on the latent grid of the conv condition encoder (seg, edge, "
+        "keypoints, layout): this many stride-2 levels down and back up, so a condition latent sees the map around "
+        "it (2 levels: 16 x 16 -> 4 x 4) and can name what only a wider context tells, e.g. the class an edge "
+        "outline's shape implies; 0: none (the paper's E_c)", ours=True)
     dropout: float = opt(0.0, "dropout inside the ResNet blocks")
     embed_dim: int = opt(256, "codebook vector dimension D (paper: 256)")
     num_codes: int = opt(1024, "image codebook size (paper: 1024)")
@@ -165,6 +170,9 @@ class IQVAEConfig:
             raise bad("dropout", "in [0, 1)")
         if self.kmeans_iters < 0:
             raise bad("kmeans_iters", "a non-negative integer")
+        if self.cond_context_levels < 0 or (self.resolution // f) % (2 ** self.cond_context_levels):
+            raise bad("cond_context_levels", f"a non-negative integer k with the latent grid ({self.resolution // f}) "
+                                             "divisible by 2**k")
         if not 0.0 <= self.usage_decay < 1.0:
             raise bad("usage_decay", "in [0, 1)")
         if self.l2_norm_codes and self.quantizer == "rq":
