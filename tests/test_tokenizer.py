@@ -547,3 +547,31 @@ def test_cond_context_levels_act_on_the_condition_encoder_only_and_are_checked()
     with pytest.raises(ConfigError, match="cond_context_levels"):
         tiny(resolution=32, cond_context_levels=-1).validate()
     tiny(resolution=32, cond_context_levels=4).validate()
+
+
+@pytest.mark.parametrize("modality", ["edge", "text"])
+def test_cond_cell_colour_bins_target_by_brute_force(modality):
+    """cond_cell_target='colour_bins': soft-target cross-entropy of the head (64 logits) against each cell's
+    histogram of pixel colours over 4 x 4 x 4 RGB bins, the histogram counted pixel by pixel here."""
+    from iqvae.models.tokenizer import colour_bin_histogram
+
+    spec = SPECS[modality]
+    model = IQVAE(tiny("iq-vr", cond_cell_head=True, cond_cell_target="colour_bins"), spec)
+    x, c = image(), make_cond(spec)
+    x[0, :, 0, 0] = torch.tensor([-1.0, 1.0, 0.0])  # the bin edges: -1 -> bin 0, 1 -> bin 3, 0 -> bin 2
+    out = model(x, c)
+    h, w = model.grid
+    hist = torch.zeros(2, 64, h, w)
+    for b in range(2):
+        for i in range(x.shape[2]):
+            for j in range(x.shape[3]):
+                r, g, bl = (min(int((float(v) + 1) * 2), 3) for v in x[b, :, i, j])
+                hist[b, (r * 4 + g) * 4 + bl, i // 2, j // 2] += 0.25
+    assert torch.allclose(colour_bin_histogram(x, (h, w)), hist, atol=1e-6)
+    assert hist[0, (0 * 4 + 3) * 4 + 2, 0, 0] >= 0.25
+    wt, bias = model.cond_cell_head.weight[:, :, 0, 0], model.cond_cell_head.bias
+    assert wt.shape[0] == 64
+    pred = torch.einsum("od,bdhw->bohw", wt, out.encoding.zq_cond) + bias[None, :, None, None]
+    assert out.cond_cell.item() == pytest.approx(-(hist * pred.log_softmax(1)).sum(1).mean().item(), rel=1e-5)
+    gx = torch.autograd.grad(out.cond_cell, model.encoder.conv_in.weight, allow_unused=True)[0]
+    assert gx is None or gx.abs().sum() == 0  # only the condition branch learns from it

@@ -136,11 +136,14 @@ class IQVAEConfig:
         "feature alone (loss.cond_cell_weight), so a condition code names its own cell's content rather than leaving "
         "it to D_c's context.  true: on (refused for text and audio, whose latents are not pixel patches); "
         "'spatial': on for seg, edge, keypoints and layout, off for text and audio; false: off", ours=True)
-    cond_cell_target: Literal["condition", "colour", "both"] = opt(
+    cond_cell_target: Literal["condition", "colour", "both", "colour_bins"] = opt(
         "condition", "what the condition cell head predicts: 'condition' (the cell's pooled condition, above), "
         "'colour' (the cell's mean image colour, squared error: the expected colour given the condition, so a "
         "condition code names what its cell looks like, e.g. the class an edge outline implies, which the GPT then "
-        "reads off locally) or 'both' (the two losses summed)", ours=True)
+        "reads off locally) or 'both' (the two losses summed), or 'colour_bins' (cross-entropy against the histogram of the cell's "
+        "pixels over 4 x 4 x 4 RGB bins: the likelihood of the cell's colours given the code, so knowing the class "
+        "that narrows an object's colours to its palette pays in full, where the mean-colour error pays only for the "
+        "palette's mean)", ours=True)
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 
@@ -210,11 +213,13 @@ def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
         raise ConfigError(f"unknown condition modality '{spec.modality}'; expected one of: {', '.join(names)}")
     if config.variant == "svq" and spec.modality not in spatial:
         raise ConfigError(f"variant 'svq' needs a spatial condition ({', '.join(spatial)}); got '{spec.modality}'")
-    if config.cond_cell_head is True and spec.modality not in spatial and config.cond_cell_target != "colour":
+    if (config.cond_cell_head is True and spec.modality not in spatial
+            and config.cond_cell_target in ("condition", "both")):
         raise ConfigError(f"option 'tokenizer.cond_cell_head' with cond_cell_target='{config.cond_cell_target}' "
                           f"needs a spatial condition ({', '.join(spatial)}) whose latent cells cover pixel patches; "
                           f"got '{spec.modality}' (cond_cell_head='spatial' turns it on for spatial conditions only; "
-                          "cond_cell_target='colour' works for every condition: D_x reads its latent cells in place)")
+                          "cond_cell_target='colour' or 'colour_bins' works for every condition: D_x reads its "
+                          "latent cells in place)")
     spec.modality_obj.check_spec(spec)
 
 
@@ -243,6 +248,20 @@ class TokenizerOutput:
     encoding: TokenizerEncoding
     colour: torch.Tensor | None = None  # colour-head L1 (config.colour_head); 0 without the head
     cond_cell: torch.Tensor | None = None  # condition cell-head loss (config.cond_cell_head); 0 without the head
+
+
+COLOUR_BINS = 4  # bins per RGB channel of cond_cell_target='colour_bins'
+
+
+def colour_bin_histogram(image: torch.Tensor, size: Any) -> torch.Tensor:
+    """``(B, COLOUR_BINS**3, h, w)``: each latent cell's share of pixels in each RGB bin (COLOUR_BINS equal bins per
+    channel over [-1, 1], index ``(r * COLOUR_BINS + g) * COLOUR_BINS + b``) of ``image`` (B, 3, H, W); the cells
+    are the ``size`` grid's pixel patches (average pooling)."""
+    k = COLOUR_BINS
+    idx = ((image.detach().clamp(-1, 1) + 1) * (k / 2)).long().clamp_(0, k - 1)  # (B, 3, H, W)
+    joint = (idx[:, 0] * k + idx[:, 1]) * k + idx[:, 2]
+    onehot = F.one_hot(joint, k**3).permute(0, 3, 1, 2).to(image.dtype)
+    return F.adaptive_avg_pool2d(onehot, size)
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -289,7 +308,8 @@ class IQVAE(nn.Module):
         self.cond_decoder = self.modality.build_decoder(spec, c, nets) if c.cond_decoder else None
         self.colour_head = nn.Conv2d(2 * d if c.colour_head_cond else d, 3, 1) if c.colour_head else None
         cell_head = c.cond_cell_head is True or (c.cond_cell_head == "spatial" and self.modality.kind == "spatial")
-        cell_out = {"condition": self.cond_in_channels, "colour": 3, "both": self.cond_in_channels + 3}
+        cell_out = {"condition": self.cond_in_channels, "colour": 3, "both": self.cond_in_channels + 3,
+                    "colour_bins": COLOUR_BINS**3}
         self.cond_cell_head = nn.Conv2d(d, cell_out[c.cond_cell_target], 1) if cell_head else None
 
     # ------------------------------------------------------------------------------------------------ construction
@@ -531,10 +551,13 @@ class IQVAE(nn.Module):
             k = self.cond_in_channels
             cell = self.modality.cell_target(self.cond_spec, cond, zq_cond.shape[-2:])
             loss = loss + self.modality.cell_loss(pred[:, :k], cell)
+        if target in ("colour", "both", "colour_bins") and image is None:
+            raise DataError(f"cond_cell_target='{target}' needs the image")
         if target in ("colour", "both"):
-            if image is None:
-                raise DataError(f"cond_cell_target='{target}' needs the image")
             loss = loss + F.mse_loss(pred[:, -3:], F.adaptive_avg_pool2d(image, zq_cond.shape[-2:]))
+        if target == "colour_bins":
+            hist = colour_bin_histogram(image, zq_cond.shape[-2:])
+            loss = loss - (hist * F.log_softmax(pred, dim=1)).sum(1).mean()
         return loss
 
     # ------------------------------------------------------------------------------------------------ checkpoints
