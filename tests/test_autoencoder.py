@@ -130,3 +130,21 @@ def test_context_branch_widens_the_receptive_field_to_the_whole_map():
     shapes = lambda e: {k: v.shape for k, v in e.state_dict().items()}  # noqa: E731
     new = lambda **kw: Encoder(1, 4, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn=False, **kw)  # noqa: E731
     assert shapes(new(context_levels=0)) == shapes(new())
+
+
+def test_text_encoder_spatial_queries_start_from_their_cells_codes():
+    """spatial_queries: query (r, c) starts as the GPT's 2-D sin/cos code of (r, c) (a second implementation: the
+    formula written out here), so neighbouring cells start closer than distant ones; the default starts random."""
+    import math
+
+    enc = TextEncoder(30, 40, 8, (4, 6), width=16, layers=1, heads=2, spatial_queries=True)
+    q = enc.queries.detach().double()
+    for r, c in ((0, 0), (1, 4), (3, 5)):
+        row = [f(r * 100.0 ** (-k / 4)) for f in (math.sin, math.cos) for k in range(4)]
+        col = [f(c * 100.0 ** (-k / 4)) for f in (math.sin, math.cos) for k in range(4)]
+        assert torch.allclose(q[r * 6 + c], torch.tensor(row + col, dtype=torch.float64), atol=1e-6)
+    d = lambda a, b: float((q[a] - q[b]).norm())  # noqa: E731
+    assert d(0, 1) < d(0, 5) and d(0, 6) < d(0, 18)  # one column / row apart vs five / three
+    assert enc.queries.requires_grad
+    plain = TextEncoder(30, 40, 8, (4, 6), width=16, layers=1, heads=2)
+    assert float(plain.queries.detach().std()) < 0.05

@@ -86,6 +86,24 @@ def test_presets_and_regularizer_bench(capsys):
 
 
 @pytest.mark.slow
+def test_demo_trains_a_condition_with_its_own_preset_where_one_exists(tmp_path):
+    """`demo-edge` (the demo plus quality-edge's condition codes) is what the demo trains edge with; seg and text,
+    which have no `demo-<cond>` preset, get `demo`; the run records the preset it used."""
+    from iqvae.config import build_config
+    from iqvae.demo import demo_preset
+    from iqvae.train.tokenizer import TokenizerRunConfig
+
+    assert [demo_preset("demo", c) for c in ("seg", "edge", "text")] == ["demo", "demo-edge", "demo"]
+    assert demo_preset("demo-quick", "edge") == "demo-quick"
+    edge = build_config(TokenizerRunConfig, "tokenizer", preset="demo-edge")
+    base = build_config(TokenizerRunConfig, "tokenizer", preset="demo")
+    quality = build_config(TokenizerRunConfig, "tokenizer", preset="quality-edge")
+    assert (edge.model.cond_cell_target, edge.model.cond_num_codes) == ("colour_bins", 256)
+    assert (quality.model.cond_cell_target, quality.model.cond_num_codes) == ("colour_bins", 256)
+    assert (base.model.cond_cell_target, base.model.cond_num_codes) == ("condition", 64)
+    assert edge.train == base.train and edge.data == base.data  # only the condition codes differ
+
+
 def test_demo_quick_end_to_end_and_reuse(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "iqvae.cli", "demo", "--quick", "--out", str(out), "--no-progress",

@@ -19,6 +19,15 @@ from typing import Any
 DEFAULT_CONDS = ("seg", "edge", "text")
 
 
+def demo_preset(base: str, cond: str) -> str:
+    """The preset the demo trains ``cond`` with: ``<base>-<cond>`` where the package has one (a condition's own
+    settings on top of ``base``, e.g. ``demo-edge``), else ``base``."""
+    from .config import list_presets
+
+    own = f"{base}-{cond}"
+    return own if own in list_presets() else base
+
+
 def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progress: bool, say,
                      overrides: list[str] = ()) -> dict[str, Any]:
     """Train (or reuse / resume) stage 1, codes and stage 2 for one condition; returns timings and paths.
@@ -58,7 +67,7 @@ def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progres
           lambda: ensure_transformer(gpt_cfg, s2, progress=progress, say=say))
     ensure_pipeline(s1, s2, d)
     (d / "timings.json").write_text(json.dumps(timings, indent=2))
-    return {"dir": d, "timings": timings, "tok_cfg": tok_cfg, "gpt_cfg": gpt_cfg}
+    return {"dir": d, "timings": timings, "tok_cfg": tok_cfg, "gpt_cfg": gpt_cfg, "preset": preset}
 
 
 def sampling_settings(cond: str, temperature: float | None = None, cfg_scale: float | None = None) -> dict[str, float]:
@@ -121,7 +130,7 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         ev = r["eval"]
         m = ev["metrics"]
         t = r["timings"]
-        summary_rows.append([cond, ev["temperature"], ev["cfg_scale"],
+        summary_rows.append([cond, r.get("preset", ""), ev["temperature"], ev["cfg_scale"],
                              "; ".join(_mark(b) for b in ev["bars"]),
                              t.get("tokenizer", 0.0), t.get("transformer", 0.0)])
         s = ev["samples"]
@@ -152,7 +161,7 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         sec.tables.append(("time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in t.items()]))
         sections.append(sec)
     head = Section("Summary")
-    head.tables.append(("", ["condition", "T", "guidance s", "metric: value (bar)", "tokenizer s", "transformer s"],
+    head.tables.append(("", ["condition", "preset", "T", "guidance s", "metric: value (bar)", "tokenizer s", "transformer s"],
                         summary_rows))
     info = machine_info()
     head.text = (f"Total wall time {total_seconds:.0f} s on {info['cpu_count']} CPU core(s), torch {info['torch']}, "
@@ -181,9 +190,10 @@ def _train_in_subprocesses(conds: list[str], root: Path, args: argparse.Namespac
     from .train.transformer import TransformerRunConfig
     from .viz import bar_options
 
-    tok = build_config(TokenizerRunConfig, "tokenizer", preset=preset)
-    gpt = build_config(TransformerRunConfig, "transformer", preset=preset)
-    total = len(conds) * (tok.train.steps + gpt.train.steps)
+    steps = {c: (build_config(TokenizerRunConfig, "tokenizer", preset=demo_preset(preset, c)).train.steps,
+                 build_config(TransformerRunConfig, "transformer", preset=demo_preset(preset, c)).train.steps)
+             for c in conds}
+    total = sum(a + b for a, b in steps.values())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {}
     for cond in conds:
@@ -195,10 +205,10 @@ def _train_in_subprocesses(conds: list[str], root: Path, args: argparse.Namespac
     def done_steps() -> int:
         n = 0
         for cond in conds:
-            for stage, name, steps in (("stage1", "tokenizer", tok.train.steps), ("stage2", "transformer", gpt.train.steps)):
+            for stage, name, n_steps in (("stage1", "tokenizer", steps[cond][0]), ("stage2", "transformer", steps[cond][1])):
                 d = root / cond / stage
                 if (d / name / "config.json").is_file():
-                    n += steps
+                    n += n_steps
                 elif (d / f"{name}.csv").is_file():
                     lines = (d / f"{name}.csv").read_text().strip().splitlines()
                     if len(lines) > 1:
@@ -250,7 +260,8 @@ def run_demo(args: argparse.Namespace) -> int:
     threads = [f"tokenizer.train.threads={args.threads}", f"transformer.train.threads={args.threads}"] if args.threads else []
     if args.train_only or len(conds) == 1 or args.sequential:
         for cond in conds:
-            run_pipeline_for(cond, root, preset=preset, fresh=args.fresh, progress=not args.no_progress, say=say,
+            run_pipeline_for(cond, root, preset=demo_preset(preset, cond), fresh=args.fresh,
+                             progress=not args.no_progress, say=say,
                              overrides=threads)
         if args.train_only:
             return 0
@@ -258,7 +269,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _train_in_subprocesses(conds, root, args, preset)
     results = {}
     for cond in conds:
-        r = run_pipeline_for(cond, root, preset=preset, fresh=False, progress=False, say=say)  # reuses the stages
+        r = run_pipeline_for(cond, root, preset=demo_preset(preset, cond), fresh=False, progress=False,
+                             say=say)  # reuses the stages
         say(f"[{cond}] sampling {args.conditions} held-out test conditions x {args.samples}")
         r["eval"] = evaluate_demo(cond, r["dir"], num_conditions=args.conditions, samples=args.samples,
                                   seed=args.seed, progress=not args.no_progress, **sampling[cond])

@@ -118,7 +118,8 @@ class Text(Modality):
         return (spec.length,)
 
     def build_encoder(self, spec, cfg, nets):
-        return self._build(nets.TextEncoder, spec, cfg)
+        return nets.TextEncoder(spec.channels, spec.length, cfg.embed_dim, (cfg.grid, cfg.grid), cfg.text_width,
+                                cfg.text_layers, cfg.text_heads, spatial_queries=cfg.text_spatial_queries)
 
     def build_decoder(self, spec, cfg, nets):
         return self._build(nets.TextDecoder, spec, cfg)

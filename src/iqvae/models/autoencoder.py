@@ -244,17 +244,26 @@ class _Block(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Token ids (B, T) (0 = padding) -> (B, out_dim, h, w): transformer over tokens, then h*w learned queries."""
+    """Token ids (B, T) (0 = padding) -> (B, out_dim, h, w): transformer over tokens, then h*w learned queries
+    (``spatial_queries``: initialised with the 2-D sin/cos code of their cell, so neighbouring cells start alike and
+    a word like "left" can be matched to a region from the first step)."""
 
     def __init__(self, vocab_size: int, length: int, out_dim: int, grid: tuple[int, int], width: int = 128,
-                 layers: int = 2, heads: int = 4):
+                 layers: int = 2, heads: int = 4, spatial_queries: bool = False):
         super().__init__()
         self.grid = grid
         n = grid[0] * grid[1]
         self.tok_emb = nn.Embedding(vocab_size, width)
         self.pos_emb = nn.Parameter(torch.randn(length, width) * 0.02)
         self.blocks = nn.ModuleList(_Block(width, heads, cross=False) for _ in range(layers))
-        self.queries = nn.Parameter(torch.randn(n, width) * 0.02)
+        if spatial_queries:  # start each cell's query from the 2-D sin/cos code of its (row, col); still learned
+            from .gpt import grid_codes
+
+            i = torch.arange(n)
+            init = grid_codes(i // grid[1], i % grid[1], None, width).float()
+        else:
+            init = torch.randn(n, width) * 0.02
+        self.queries = nn.Parameter(init)
         self.query_blocks = nn.ModuleList(_Block(width, heads, cross=True) for _ in range(layers))
         self.ln_out = nn.LayerNorm(width)
         self.proj = nn.Linear(width, out_dim)

@@ -178,7 +178,7 @@ def _sincos(coord: torch.Tensor, dim: int, base: float = 100.0) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
-def _grid_codes(rows: torch.Tensor, cols: torch.Tensor, depth: torch.Tensor | None, n_embd: int) -> torch.Tensor:
+def grid_codes(rows: torch.Tensor, cols: torch.Tensor, depth: torch.Tensor | None, n_embd: int) -> torch.Tensor:
     """2-D (or 3-D with RQ depth) sin/cos codes; the feature dimensions are split between the coordinates."""
     parts = 3 if depth is not None else 2
     size = (n_embd // parts) // 2 * 2
@@ -213,10 +213,10 @@ def spatial_position_table(config: "GPTConfig") -> torch.Tensor:
     h, w = grid[0], grid[1]
     d = grid[2] if len(grid) == 3 else 1
     j = torch.arange(config.n_image)
-    img = _grid_codes(j // (w * d), (j // d) % w, (j % d) if d > 1 else None, config.n_embd)
+    img = grid_codes(j // (w * d), (j // d) % w, (j % d) if d > 1 else None, config.n_embd)
     i = torch.arange(config.n_cond)
     if config.n_cond == h * w:
-        cond = _grid_codes(i // w, i % w, torch.zeros_like(i) if d > 1 else None, config.n_embd)
+        cond = grid_codes(i // w, i % w, torch.zeros_like(i) if d > 1 else None, config.n_embd)
     else:
         cond = _sincos(i, config.n_embd // 2 * 2, base=1000.0)
         cond = torch.cat([cond, torch.zeros(len(i), config.n_embd - cond.shape[1], dtype=cond.dtype)], dim=1)

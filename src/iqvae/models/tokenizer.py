@@ -120,6 +120,10 @@ class IQVAEConfig:
     text_width: int = opt(128, "text condition: transformer width")
     text_layers: int = opt(2, "text condition: transformer blocks (encoder and decoder each)")
     text_heads: int = opt(4, "text condition: attention heads")
+    text_spatial_queries: bool = opt(
+        False, "our addition, not in the paper: the text encoder's h*w learned queries start from the 2-D sin/cos "
+        "code of their latent cell instead of N(0, 0.02), so the caption's latent grid can lay the scene out by "
+        "position words from the first steps", ours=True)
     audio_ch: int = opt(32, "audio condition: base channels of the spectrogram conv encoder/decoder")
     audio_ch_mult: tuple[int, ...] = opt((1, 2, 2), "audio condition: channel multiplier per level")
     audio_num_res_blocks: int = opt(1, "audio condition: ResNet blocks per level")
