@@ -187,8 +187,12 @@ def test_paper_preset_uses_none_of_our_additions_and_small_lists_its_own():
     small_tok, small_gpt = _stage_additions("small")
     assert _stage_additions("demo") == (small_tok, [*small_gpt, "model.cfg_dropout=0.1"])  # + guidance
     assert _stage_additions("demo-quick") == ([], ["model.cfg_dropout=0.1"])
-    for cond in ("seg", "edge", "keypoints", "layout", "text", "audio"):
+    for cond in ("seg", "layout", "text", "audio"):
         assert _stage_additions(f"quality-{cond}") == _stage_additions("demo")
+    bins = "model.cond_cell_target=colour_bins"  # the condition codes that name the class an outline implies
+    demo_tok, demo_gpt = _stage_additions("demo")
+    for preset in ("quality-edge", "quality-keypoints", "demo-edge"):
+        assert _stage_additions(preset) == ([*demo_tok, bins], demo_gpt)
 
 
 def test_split_overrides_groups_by_section_and_names_bad_items():
