@@ -93,7 +93,8 @@ def test_demo_trains_a_condition_with_its_own_preset_where_one_exists(tmp_path):
     from iqvae.demo import demo_preset
     from iqvae.train.tokenizer import TokenizerRunConfig
 
-    assert [demo_preset("demo", c) for c in ("seg", "edge", "text")] == ["demo", "demo-edge", "demo"]
+    assert [demo_preset("demo", c) for c in ("seg", "edge", "keypoints", "text")] == [
+        "demo", "demo-edge", "demo-keypoints", "demo"]
     assert demo_preset("demo-quick", "edge") == "demo-quick"
     edge = build_config(TokenizerRunConfig, "tokenizer", preset="demo-edge")
     base = build_config(TokenizerRunConfig, "tokenizer", preset="demo")
@@ -111,7 +112,7 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     html = (out / "report.html").read_text()
-    for cond in ("seg", "edge", "text"):
+    for cond in ("seg", "edge", "keypoints"):
         assert f"Condition: {cond}" in html and (out / cond / "tokenizer" / "model.safetensors").is_file()
     assert html.count("data:image/png;base64,") >= 9 and "http" not in html.replace("http-equiv", "")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -123,7 +124,7 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
 
     from iqvae.bench.quality import QUALITY_BARS, quality_settings
 
-    for cond in ("seg", "edge", "text"):  # sampled with the quality-<cond> preset's temperature and guidance scale
+    for cond in ("seg", "edge", "keypoints"):  # sampled with the quality-<cond> preset's temperature and guidance scale
         q = quality_settings(f"quality-{cond}")
         assert (metrics[cond]["temperature"], metrics[cond]["cfg_scale"]) == (q.temperature, q.cfg_scale)
         marks = metrics[cond]["bars"]

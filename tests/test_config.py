@@ -137,7 +137,7 @@ def test_builtin_presets_extend_and_resolve():
     demo = build_config(TransformerRunConfig, "transformer", preset="demo")
     small = build_config(TransformerRunConfig, "transformer", preset="small")
     assert (demo.model.n_layer, demo.model.n_embd, demo.model.above_window, demo.train.lr) == (2, 128, 3, 5e-3)
-    assert (small.model.n_layer, small.train.steps, demo.train.steps) == (4, 900, 300)
+    assert (small.model.n_layer, small.train.steps, demo.train.steps) == (4, 900, 800)
 
 
 # ---------------------------------------------------------------------------------------------- paper / ours
@@ -191,7 +191,7 @@ def test_paper_preset_uses_none_of_our_additions_and_small_lists_its_own():
         assert _stage_additions(f"quality-{cond}") == _stage_additions("demo")
     bins = "model.cond_cell_target=colour_bins"  # the condition codes that name the class an outline implies
     demo_tok, demo_gpt = _stage_additions("demo")
-    for preset in ("quality-edge", "quality-keypoints", "demo-edge"):
+    for preset in ("quality-edge", "quality-keypoints", "demo-edge", "demo-keypoints"):
         assert _stage_additions(preset) == ([*demo_tok, bins], demo_gpt)
 
 
