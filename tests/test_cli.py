@@ -86,7 +86,7 @@ def test_presets_and_regularizer_bench(capsys):
 
 
 @pytest.mark.slow
-def test_demo_trains_a_condition_with_its_own_preset_where_one_exists(tmp_path):
+def test_demo_trains_a_condition_with_its_own_preset_where_one_exists():
     """`demo-edge` (the demo plus quality-edge's condition codes) is what the demo trains edge with; seg and text,
     which have no `demo-<cond>` preset, get `demo`; the run records the preset it used."""
     from iqvae.config import build_config

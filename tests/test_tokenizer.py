@@ -495,19 +495,21 @@ def test_tiny_model_overfits_one_batch():
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
-def test_reconstruction_report_has_the_code_purity_measures_of_a_direct_computation():
+@pytest.mark.parametrize("cond", ["seg", "edge"])
+def test_reconstruction_report_has_the_code_purity_measures_of_a_direct_computation(cond):
+    """Condition code class purity against the condition's class map (seg) or the scene's segmentation (edge)."""
     from iqvae.data.record import collate
     from iqvae.data.shapes import ShapesDataset
     from iqvae.metrics.recon import cond_code_class_purity
     from iqvae.metrics.shapes import code_colour_purity
     from iqvae.metrics.tokenizer_report import reconstruction_metrics
 
-    ds = ShapesDataset("val", 12, RES, ("seg",))
-    model = IQVAE(tiny("iq-vr"), ds.condition_spec("seg")).eval()
-    report = reconstruction_metrics(model, ds, "seg", batch_size=5)
+    ds = ShapesDataset("val", 12, RES, tuple(dict.fromkeys((cond, "seg"))))
+    model = IQVAE(tiny("iq-vr"), ds.condition_spec(cond)).eval()
+    report = reconstruction_metrics(model, ds, cond, batch_size=5)
     batch = collate([ds[i] for i in range(12)])
     with torch.no_grad():
-        enc = model.encode(batch.image, batch.cond["seg"])
+        enc = model.encode(batch.image, batch.cond[cond])
     assert report["cond_code_class_purity"] == pytest.approx(
         cond_code_class_purity(enc.cond_indices, batch.cond["seg"])["cond_code_class_purity"])
     assert report["code_colour_purity"] == pytest.approx(
@@ -547,6 +549,13 @@ def test_cond_context_levels_act_on_the_condition_encoder_only_and_are_checked()
     with pytest.raises(ConfigError, match="cond_context_levels"):
         tiny(resolution=32, cond_context_levels=-1).validate()
     tiny(resolution=32, cond_context_levels=4).validate()
+    for modality in ("text", "audio"):  # no conv condition encoder of a spatial map to extend
+        with pytest.raises(ConfigError, match="cond_context_levels.*spatial"):
+            IQVAE(tiny(resolution=32, cond_context_levels=1), SPECS[modality])
+    # audio's condition encoder keeps its own options (audio_ch, audio_ch_mult) through the shared build path
+    audio = IQVAE(tiny(resolution=32, audio_ch=12, audio_ch_mult=(1, 2, 2)), SPECS["audio"])
+    assert audio.cond_encoder.conv_in.out_channels == audio.config.audio_ch != audio.config.ch
+    assert len(audio.cond_encoder.levels) == len(audio.config.audio_ch_mult)
 
 
 @pytest.mark.parametrize("modality", ["edge", "text"])

@@ -161,8 +161,8 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         sec.tables.append(("time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in t.items()]))
         sections.append(sec)
     head = Section("Summary")
-    head.tables.append(("", ["condition", "preset", "T", "guidance s", "metric: value (bar)", "tokenizer s", "transformer s"],
-                        summary_rows))
+    head.tables.append(("", ["condition", "preset", "T", "guidance s", "metric: value (bar)", "tokenizer s",
+                             "transformer s"], summary_rows))
     info = machine_info()
     head.text = (f"Total wall time {total_seconds:.0f} s on {info['cpu_count']} CPU core(s), torch {info['torch']}, "
                  f"commit {info.get('commit')}. Palette accuracy: share of sampled objects whose mean colour is "
@@ -205,7 +205,7 @@ def _train_in_subprocesses(conds: list[str], root: Path, args: argparse.Namespac
     def done_steps() -> int:
         n = 0
         for cond in conds:
-            for stage, name, n_steps in (("stage1", "tokenizer", steps[cond][0]), ("stage2", "transformer", steps[cond][1])):
+            for stage, name, n_steps in zip(("stage1", "stage2"), ("tokenizer", "transformer"), steps[cond]):
                 d = root / cond / stage
                 if (d / name / "config.json").is_file():
                     n += n_steps

@@ -116,7 +116,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         "judge that condition (seg, layout, keypoints and edge fix each object's pixels, so palette accuracy and mask "
         "mIoU judge them; text and audio name class, size and 3 × 3 cell only, so scene accuracy does). Mask mIoU "
         "sums each class's intersection and union over all samples before the mean over classes (the segmentation "
-        "benchmarks' protocol); the mean of per-image mIoUs is `mask_miou_per_image` in modalities.json. Train s: wall "
+        "benchmarks' protocol); the mean of per-image mIoUs is `mask_miou_per_image` in modalities.json. "
+        "Train s: wall "
         "seconds of tokenizer + codes + transformer, measured in the worker that trained the condition while "
         f"{info['jobs']} worker(s) shared the machine (the 20-minute bar is for a run alone on 2 cores: "
         "`scripts/quality-run COND`).",

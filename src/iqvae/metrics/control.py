@@ -23,12 +23,15 @@ seg / layout / keypoints back is :class:`iqvae.models.predictor.ConditionPredict
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from .shapes import MiouProtocol
 
 CANNY_LOW, CANNY_HIGH = 100, 200
 KEYPOINT_PRESENT = 0.5
@@ -93,12 +96,12 @@ def canny_f1(images: torch.Tensor, edges: torch.Tensor, low: float = CANNY_LOW, 
 # ----------------------------------------------------------------------------------- scores of a condition predictor
 
 
-def miou(pred: torch.Tensor, target: torch.Tensor, protocol: str = "dataset") -> float:
+def miou(pred: torch.Tensor, target: torch.Tensor, protocol: MiouProtocol = "dataset") -> float:
     """mIoU of two ``(N, H, W)`` int label maps (:func:`iqvae.metrics.shapes.miou_of_maps`: ``dataset``, summed
     over the N maps, or ``image``, the mean of per-map mIoUs)."""
     from .shapes import miou_of_maps
 
-    return miou_of_maps(pred, target, protocol)  # type: ignore[arg-type]
+    return miou_of_maps(pred, target, protocol)
 
 
 def box_iou(pred: torch.Tensor, target: torch.Tensor) -> float:

@@ -3,8 +3,9 @@
 * PSNR / SSIM of reconstructions (``iqvae.metrics.recon``);
 * usage (fraction of codes used at least once) and perplexity of both codebooks over the evaluated items;
 * condition reconstruction through D_c: pixel accuracy and mIoU (seg), F1 at 0.5 (edge, layout), MSE (keypoints,
-  audio), token accuracy on non-padding tokens (text); for seg also how well condition codes name a class
-  (:func:`iqvae.metrics.recon.cond_code_class_purity`);
+  audio), token accuracy on non-padding tokens (text); how well condition codes name a class
+  (:func:`iqvae.metrics.recon.cond_code_class_purity`) against the condition's class map (seg) or, where the items
+  carry one (the Shapes world, any condition), the scene's segmentation;
 * on the Shapes world (when items carry object metadata): palette accuracy and mask adherence of reconstructions,
   and how well the image codes name object colours (:func:`iqvae.metrics.shapes.code_colour_purity`).
 """
@@ -65,8 +66,8 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
         m = torch.cat(maps)
         return m[..., 0] if m.ndim == 4 else m  # residual quantization: the first depth level
 
-    if seg_conds:
-        report.update(cond_code_class_purity(first_level(cond_idx), torch.cat(seg_conds)))
+    if seg_conds or segs:  # the condition's own class map, else the scene's (Shapes: edge, keypoints, text, ...)
+        report.update(cond_code_class_purity(first_level(cond_idx), torch.cat(seg_conds or segs)))
     if metas and "objects" in metas[0] and segs:
         from .shapes import code_colour_purity, mask_adherence, palette_accuracy
 

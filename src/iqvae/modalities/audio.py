@@ -36,9 +36,9 @@ class Audio(Modality):
     def network_input(self, spec, cond):
         return cond.unsqueeze(1)
 
-    def _build(self, net, spec, cfg):  # the conv nets with the audio options, on the 1-channel spectrogram
+    def _build(self, net, spec, cfg, **extra):  # the conv nets with the audio options, on the 1-channel spectrogram
         return net(1, cfg.embed_dim, cfg.audio_ch, cfg.audio_ch_mult, cfg.audio_num_res_blocks, attn=False,
-                   dropout=cfg.dropout)
+                   dropout=cfg.dropout, **extra)
 
     def encode(self, encoder, x, grid):
         return encoder(x, out_size=grid)

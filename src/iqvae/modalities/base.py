@@ -164,15 +164,15 @@ class Modality:
     def build_encoder(self, spec: ConditionSpec, cfg: Any, nets: Nets) -> Any:
         """E_c, built from ``nets`` and the tokenizer config ``cfg``: the image's conv encoder on
         :meth:`in_channels` (with ``cfg.cond_context_levels`` levels of wider context on the latent grid)."""
-        return nets.Encoder(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg, cond=True),
-                            context_levels=cfg.cond_context_levels)
+        return self._build(nets.Encoder, spec, cfg, context_levels=cfg.cond_context_levels)
 
     def build_decoder(self, spec: ConditionSpec, cfg: Any, nets: Nets) -> Any:
         """D_c: the mirror of :meth:`build_encoder`."""
         return self._build(nets.Decoder, spec, cfg)
 
-    def _build(self, net: Callable[..., Any], spec: ConditionSpec, cfg: Any) -> Any:
-        return net(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg, cond=True))
+    def _build(self, net: Callable[..., Any], spec: ConditionSpec, cfg: Any, **extra: Any) -> Any:
+        """``net`` on :meth:`in_channels` with the conv condition options; ``extra``: encoder-only options."""
+        return net(self.in_channels(spec), cfg.embed_dim, **conv_kwargs(cfg, cond=True), **extra)
 
     def encode(self, encoder: Any, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Run the condition encoder on :meth:`network_input` output; ``grid`` is the latent (h, w)."""

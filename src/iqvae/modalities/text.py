@@ -118,15 +118,14 @@ class Text(Modality):
         return (spec.length,)
 
     def build_encoder(self, spec, cfg, nets):
-        return nets.TextEncoder(spec.channels, spec.length, cfg.embed_dim, (cfg.grid, cfg.grid), cfg.text_width,
-                                cfg.text_layers, cfg.text_heads, spatial_queries=cfg.text_spatial_queries)
+        return self._build(nets.TextEncoder, spec, cfg, spatial_queries=cfg.text_spatial_queries)
 
     def build_decoder(self, spec, cfg, nets):
         return self._build(nets.TextDecoder, spec, cfg)
 
-    def _build(self, net, spec, cfg):  # a small transformer over the tokens, read out on the latent grid
+    def _build(self, net, spec, cfg, **extra):  # a small transformer over the tokens, read out on the latent grid
         return net(spec.channels, spec.length, cfg.embed_dim, (cfg.grid, cfg.grid), cfg.text_width, cfg.text_layers,
-                   cfg.text_heads)
+                   cfg.text_heads, **extra)
 
     def recon_loss(self, spec, out, cond):
         total = F.cross_entropy(out, cond, ignore_index=0, reduction="sum")

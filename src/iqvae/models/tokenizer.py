@@ -144,8 +144,8 @@ class IQVAEConfig:
         "condition", "what the condition cell head predicts: 'condition' (the cell's pooled condition, above), "
         "'colour' (the cell's mean image colour, squared error: the expected colour given the condition, so a "
         "condition code names what its cell looks like, e.g. the class an edge outline implies, which the GPT then "
-        "reads off locally) or 'both' (the two losses summed), or 'colour_bins' (cross-entropy against the histogram of the cell's "
-        "pixels over 4 x 4 x 4 RGB bins: the likelihood of the cell's colours given the code, so knowing the class "
+        "reads off locally), 'both' (the two losses summed) or 'colour_bins' (cross-entropy against the histogram of "
+        "the cell's pixels over 4 x 4 x 4 RGB bins: the likelihood of the cell's colours given the code, so knowing the class "
         "that narrows an object's colours to its palette pays in full, where the mean-colour error pays only for the "
         "palette's mean)", ours=True)
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
@@ -224,6 +224,9 @@ def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
                           f"got '{spec.modality}' (cond_cell_head='spatial' turns it on for spatial conditions only; "
                           "cond_cell_target='colour' or 'colour_bins' works for every condition: D_x reads its "
                           "latent cells in place)")
+    if config.cond_context_levels and spec.modality not in spatial:
+        raise ConfigError(f"option 'tokenizer.cond_context_levels' needs a spatial condition ({', '.join(spatial)}), "
+                          f"whose conv encoder it extends; got '{spec.modality}'")
     spec.modality_obj.check_spec(spec)
 
 
