@@ -2,13 +2,13 @@
 
 import argparse
 import json
-import os
 import statistics
 
 import pytest
 
 from iqvae.bench.ablation import run_ablation_bench
 from iqvae.errors import IQVAEError
+from iqvae.machine import usable_cores
 
 SYSTEMS = ["iq-vr", "iq-vr+gs"]  # the two share each seed's tokenizer
 TINY = [
@@ -95,7 +95,7 @@ def test_summary_matches_per_seed_numbers(bench):
 
 def test_parallel_workers_equal_a_sequential_run(bench, tmp_path):
     """--jobs 2 (spawned workers, cores/2 threads each) writes the numbers of a one-process run with that thread count."""
-    threads = max(1, (os.cpu_count() or 2) // 2)
+    threads = max(1, usable_cores() // 2)
     seq = [*TINY, f"tokenizer.train.threads={threads}", f"transformer.train.threads={threads}"]
     assert run_ablation_bench(_args(tmp_path, set=seq, jobs=1, cache=str(bench / "cache"))) == 0
     par = json.loads((bench / "results" / "ablation.json").read_text())

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 from ..config import apply_overrides, build_config, from_dict, load_preset, split_overrides, to_dict
 from ..errors import IQVAEError
+from ..machine import usable_cores
 from ..stages import ensure_pipeline
 from .ablation_runs import (OURS_SYSTEM, SYSTEMS, BenchSettings, Plan, System, fig6_points, parse_sweep, say,
                             sweep_systems, tokenizer_run, transformer_run)
@@ -134,11 +134,11 @@ def run_ablation_bench(args: argparse.Namespace) -> int:
     if jobs is None:
         import torch
 
-        jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+        jobs = 1 if torch.cuda.is_available() else min(2, usable_cores())
     if jobs < 1:
         raise IQVAEError(f"--jobs must be at least 1; got {jobs}")
     if jobs > 1:  # one torch thread per worker unless the preset / --set says otherwise for a single job
-        threads = max(1, (os.cpu_count() or jobs) // jobs)
+        threads = max(1, usable_cores() // jobs)
         plan.tok_base = apply_overrides(plan.tok_base, [f"train.threads={threads}"])
         plan.gpt_base = apply_overrides(plan.gpt_base, [f"train.threads={threads}"])
         plan.progress = False

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..config import apply_overrides, build_config, split_overrides
 from ..errors import IQVAEError
+from ..machine import usable_cores
 from .quality import QUALITY_BARS, QualitySettings, grid_rows, quality_settings
 
 _HINT = "pass another --runs-dir or delete the folder"
@@ -299,11 +300,11 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
     if jobs is None:
         import torch
 
-        jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+        jobs = 1 if torch.cuda.is_available() else min(2, usable_cores())
     if jobs < 1:
         raise IQVAEError(f"--jobs must be at least 1; got {jobs}")
     workers = min(jobs, len(conds))
-    threads = max(1, (os.cpu_count() or workers) // workers)
+    threads = max(1, usable_cores() // workers)
     runs, out = Path(args.runs_dir), Path(args.out)
     progress = workers == 1 and not getattr(args, "no_progress", False)
     plans = [make_plan(c, args.preset_prefix, over, runs, threads, progress) for c in conds]
@@ -342,6 +343,7 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
             for fut in as_completed(futures):
                 finished(futures[fut], fut.result)
     info = {"machine": machine_info(), "jobs": workers, "threads": threads, "cpu_count": os.cpu_count(),
+            "usable_cores": usable_cores(),
             "runs_dir": str(runs), "preset_prefix": args.preset_prefix,
             "set": list(getattr(args, "set", None) or []), "wall_seconds": time.perf_counter() - started,
             "command": command_line(args, conds, jobs)}
