@@ -6,6 +6,10 @@
     codebooks.safetensors    image (K_x, D) and cond (K_c, D) codebooks (the Gumbel reliability of Eq. 5 needs them)
     {split}.safetensors      image: int32 (N, n_image), cond: int32 (N, n_cond), index: int64 (N,)
 
+``cond`` holds the transformer's condition tokens (:meth:`IQVAE.transformer_condition`): the condition codes, or with
+``tokenizer.transformer_cond='input'`` the caption's own token ids (``codes.json`` says which, and ``cond_vocab`` is
+then the caption vocabulary).
+
 Image tokens are in raster order (row-major over the h x w grid); with residual quantization the depth index is
 innermost, so one position's D codes are consecutive.  The transformer reads only these files.
 """
@@ -56,7 +60,8 @@ def encode_dataset(tokenizer: Any, dataset: Any, cond_name: str, *, batch_size: 
     for batch in tqdm(loader, desc=desc, disable=not progress, **bar_options()):
         enc = tokenizer.encode(batch.image.to(device), batch.cond[cond_name].to(device))
         imgs.append(flatten_tokens(enc.img_indices).to(torch.int32).cpu())
-        conds.append(flatten_tokens(enc.cond_indices).to(torch.int32).cpu())
+        cond = batch.cond[cond_name].to(device)
+        conds.append(tokenizer.transformer_condition(cond, enc.cond_indices).to(torch.int32).cpu())
     return {"image": torch.cat(imgs), "cond": torch.cat(conds), "index": torch.arange(len(dataset), dtype=torch.int64)}
 
 
@@ -73,7 +78,8 @@ def write_codes(out_dir: str | Path, tokenizer: Any, tokenizer_path: str | Path,
         "version": CODES_VERSION,
         "tokenizer": str(Path(tokenizer_path).resolve()),
         "image_vocab": int(tokenizer.num_image_codes),
-        "cond_vocab": int(tokenizer.num_cond_codes),
+        "cond_vocab": int(tokenizer.transformer_cond_vocab),
+        "transformer_cond": str(tokenizer.config.transformer_cond),
         "n_image": int(first["image"].shape[1]),
         "n_cond": int(first["cond"].shape[1]),
         "tokens_shape": list(tokenizer.tokens_shape),

@@ -43,6 +43,10 @@ class IQVAEPipeline:
         if transformer.config.image_vocab != tokenizer.num_image_codes:
             raise CheckpointError("transformer and tokenizer disagree on the image vocabulary size "
                                   f"({transformer.config.image_vocab} vs {tokenizer.num_image_codes})")
+        if transformer.config.cond_vocab != tokenizer.transformer_cond_vocab:
+            raise CheckpointError("transformer and tokenizer disagree on the condition vocabulary size "
+                                  f"({transformer.config.cond_vocab} vs {tokenizer.transformer_cond_vocab}, "
+                                  f"tokenizer.transformer_cond={tokenizer.config.transformer_cond!r})")
         self.n_cond = n_cond
 
     # ---- loading / saving -------------------------------------------------------------------------------------
@@ -97,10 +101,12 @@ class IQVAEPipeline:
 
     @torch.inference_mode()
     def condition_tokens(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(flattened condition tokens (B, n_cond), condition indices in the tokenizer's grid shape)."""
+        """(the transformer's condition tokens (B, n_cond): the flattened condition codes, or with the tokenizer's
+        ``transformer_cond='input'`` the condition's own ids; the condition indices in the tokenizer's grid shape,
+        which D_x decodes with)."""
         cond = self._batch_condition(condition)
         cond_idx = self.tokenizer.encode_condition(cond)[0]
-        return cond_idx.reshape(cond_idx.shape[0], -1), cond_idx
+        return self.tokenizer.transformer_condition(cond, cond_idx), cond_idx
 
     @torch.inference_mode()
     def __call__(self, condition: torch.Tensor, num_images: int = 4, *, top_k: int | None = 100,

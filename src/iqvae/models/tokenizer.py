@@ -148,6 +148,12 @@ class IQVAEConfig:
         "the cell's pixels over 4 x 4 x 4 RGB bins: the likelihood of the cell's colours given the code, so knowing the class "
         "that narrows an object's colours to its palette pays in full, where the mean-colour error pays only for the "
         "palette's mean)", ours=True)
+    transformer_cond: Literal["codes", "input"] = opt(
+        "codes", "what the transformer's condition prefix C holds: 'codes' (the quantized condition tokens E_c makes, "
+        "the paper's C) or 'input' (our addition, not in the paper; sequence conditions only, i.e. text: the "
+        "caption's own token ids, as DALL-E's transformer reads the words, so the GPT itself lays the scene out; "
+        "the quantized caption latent still feeds D_x and the regulariser).  `iqvae encode` writes these tokens and "
+        "the pipeline makes the same ones at sampling", ours=True)
     cond_spec: dict[str, Any] | None = opt(None, "the condition spec (modality, channels, length, vocab); filled in "
                                                  "by the model so a checkpoint rebuilds without a data config")
 
@@ -224,6 +230,12 @@ def check_spec(spec: ConditionSpec, config: IQVAEConfig) -> None:
                           f"got '{spec.modality}' (cond_cell_head='spatial' turns it on for spatial conditions only; "
                           "cond_cell_target='colour' or 'colour_bins' works for every condition: D_x reads its "
                           "latent cells in place)")
+    if config.transformer_cond not in ("codes", "input"):
+        raise ConfigError(f"option 'tokenizer.transformer_cond' must be 'codes' or 'input', got "
+                          f"{config.transformer_cond!r}")
+    if config.transformer_cond == "input" and spec.modality_obj.kind != "sequence":
+        raise ConfigError(f"option 'tokenizer.transformer_cond=input' needs a condition given as a token sequence "
+                          f"(text), whose ids the transformer can read; got '{spec.modality}' (use 'codes')")
     if config.cond_context_levels and spec.modality not in spatial:
         raise ConfigError(f"option 'tokenizer.cond_context_levels' needs a spatial condition ({', '.join(spatial)}), "
                           f"whose conv encoder it extends; got '{spec.modality}'")
@@ -359,6 +371,19 @@ class IQVAE(nn.Module):
     @property
     def num_image_codes(self) -> int:
         return self.config.num_codes
+
+    @property
+    def transformer_cond_vocab(self) -> int:
+        """Size of the vocabulary of the transformer's condition tokens (:meth:`transformer_condition`): the
+        condition codebook, or with ``transformer_cond='input'`` the condition's own vocabulary (text: its words)."""
+        return int(self.cond_spec.channels) if self.config.transformer_cond == "input" else self.num_cond_codes
+
+    def transformer_condition(self, cond: torch.Tensor, cond_indices: torch.Tensor) -> torch.Tensor:
+        """The transformer's condition tokens ``(B, n_cond)`` int64: the flattened condition codes ``cond_indices``
+        (raster order, depth innermost), or with ``transformer_cond='input'`` the condition's own token ids."""
+        if self.config.transformer_cond == "input":
+            return cond.reshape(cond.shape[0], -1).long()
+        return cond_indices.reshape(cond_indices.shape[0], -1).long()
 
     @property
     def num_cond_codes(self) -> int:
