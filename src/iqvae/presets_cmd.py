@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import argparse
+import dataclasses
 
 
 def preset_rows() -> list[dict]:
@@ -28,7 +30,9 @@ def preset_rows() -> list[dict]:
         with torch.device("meta"):
             from .models.tokenizer import IQVAE
 
-            tok_params = sum(p.numel() for p in IQVAE(m, ConditionSpec("seg", 8)).parameters())
+            # counted with a seg condition (transformer_cond changes no weight, and 'input' needs a caption)
+            seg_model = dataclasses.replace(m, transformer_cond="codes")
+            tok_params = sum(p.numel() for p in IQVAE(seg_model, ConditionSpec("seg", 8)).parameters())
             gpt_params = sum(p.numel() for p in GPT(GPTConfig.from_options(gpt.model, meta)).parameters())
         rows.append({
             "preset": name, "resolution": m.resolution, "tokens": f"{grid}x{grid}" + (f"x{depth}" if depth > 1 else ""),
