@@ -19,7 +19,7 @@ from iqvae.bench.quality import METRICS, QUALITY_BARS, QualitySettings, grid_row
 from iqvae.errors import ConfigError, IQVAEError
 
 CONDS = ["seg", "text"]
-T, S = 0.6, 2.0  # the toy run's temperature (the presets') and guidance scale (a sweep point other than 1)
+T, S = 0.6, 2.0  # the toy run's temperature (set on every preset) and guidance scale (a sweep point other than 1)
 TINY = [
     "tokenizer.data.train_size=32", "tokenizer.data.val_size=8", "tokenizer.data.test_size=8",
     "tokenizer.model.ch=8", "tokenizer.model.ch_mult=[1, 2, 2, 2]", "tokenizer.model.embed_dim=8",
@@ -28,7 +28,7 @@ TINY = [
     "transformer.model.n_layer=1", "transformer.model.n_embd=16", "transformer.model.n_head=2",
     "transformer.train.steps=2", "transformer.train.batch_size=4", "transformer.train.warmup_steps=0",
     "quality.conditions=3", "quality.samples=2", "quality.recon_items=4", "quality.grid_conditions=2",
-    "quality.guidance_sweep=[1, 2]", f"quality.cfg_scale={S}",
+    "quality.guidance_sweep=[1, 2]", f"quality.cfg_scale={S}", f"quality.temperature={T}",
 ]
 
 
@@ -226,6 +226,14 @@ def test_resume_reuses_finished_runs_and_refuses_without_flag(bench, capsys):
     for cond in CONDS:
         for k in (*METRICS, "train_seconds", "guidance"):
             assert after[cond][k] == before[cond][k]
+    # the work folder's ledger: the first invocation trained both conditions, the resumed one none; the report
+    # lists both with their wall times and their sum
+    ledger = _read(bench / "runs" / "invocations.json")
+    assert [e["trained"] for e in ledger] == [CONDS, []] and [e["jobs"] for e in ledger] == [2, 1]
+    md = (bench / "results" / "modalities.md").read_text()
+    total = sum(e["wall_seconds"] for e in ledger) / 60
+    assert f"Every invocation on this work folder ({total:.1f} min in all)" in md
+    assert f"1. {ledger[0]['wall_seconds'] / 60:.1f} min, trained seg, text" in md and "none (all reused)" in md
 
 
 def test_a_failed_condition_does_not_stop_the_others(bench, tmp_path, monkeypatch):

@@ -87,14 +87,15 @@ def test_presets_and_regularizer_bench(capsys):
 
 @pytest.mark.slow
 def test_demo_trains_a_condition_with_its_own_preset_where_one_exists():
-    """`demo-edge` (the demo plus quality-edge's condition codes) is what the demo trains edge with; seg and text,
-    which have no `demo-<cond>` preset, get `demo`; the run records the preset it used."""
+    """`demo-edge` (the demo plus quality-edge's condition codes) is what the demo trains edge with, `demo-text` (the
+    caption's ids as the prefix) text; seg and layout, which have no `demo-<cond>` preset, get `demo`; the run
+    records the preset it used."""
     from iqvae.config import build_config
     from iqvae.demo import demo_preset
     from iqvae.train.tokenizer import TokenizerRunConfig
 
-    assert [demo_preset("demo", c) for c in ("seg", "edge", "keypoints", "text")] == [
-        "demo", "demo-edge", "demo-keypoints", "demo"]
+    assert [demo_preset("demo", c) for c in ("seg", "edge", "keypoints", "text", "layout")] == [
+        "demo", "demo-edge", "demo-keypoints", "demo-text", "demo"]
     assert demo_preset("demo-quick", "edge") == "demo-quick"
     edge = build_config(TokenizerRunConfig, "tokenizer", preset="demo-edge")
     base = build_config(TokenizerRunConfig, "tokenizer", preset="demo")

@@ -196,6 +196,7 @@ def test_paper_preset_uses_none_of_our_additions_and_small_lists_its_own():
     bins = "model.cond_cell_target=colour_bins"  # the condition codes that name the class an outline implies
     for preset in ("quality-edge", "quality-keypoints", "demo-edge", "demo-keypoints"):
         assert _stage_additions(preset) == ([*demo_tok, bins], demo_gpt)
+    assert _stage_additions("demo-text") == _stage_additions("quality-text")
 
 
 def test_split_overrides_groups_by_section_and_names_bad_items():

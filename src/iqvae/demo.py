@@ -302,10 +302,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8, help="samples per condition")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature (default: each condition's quality-<cond> preset, e.g. 0.6)")
+                   help="sampling temperature (default: each condition's quality-<cond> preset: 0.6, text and audio 1)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance scale (default: each condition's quality-<cond> preset: seg 1, "
-                        "edge/keypoints/layout 2, text/audio 1.5)")
+                        "the others 2)")
     p.add_argument("--sequential", action="store_true", help="train the conditions one after another in this process")
     p.add_argument("--threads", type=int, default=None, help="torch threads per training process")
     p.add_argument("--train-only", action="store_true", help="only train (used by the parallel training processes)")

@@ -347,6 +347,7 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
             "runs_dir": str(runs), "preset_prefix": args.preset_prefix,
             "set": list(getattr(args, "set", None) or []), "wall_seconds": time.perf_counter() - started,
             "command": command_line(args, conds, jobs)}
+    info["invocations"] = record_invocation(runs, info, conds, results, failed)
     if results:
         written = write_outputs(out, [p for p in plans if p.cond in results], results, info)
         say(f"wrote {', '.join(str(p) for p in written)}")
@@ -355,6 +356,25 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
                          + (f"; the others' results are in {out}" if results else "")
                          + "; re-run with --resume to reuse what finished")
     return 0
+
+
+def record_invocation(runs: Path, info: dict[str, Any], conds: list[str], results: dict[str, dict[str, Any]],
+                      failed: dict[str, str]) -> list[dict[str, Any]]:
+    """Append this invocation to ``<runs>/invocations.json`` and return every invocation on the work folder, oldest
+    first: a later invocation with ``--resume`` that reuses the trained conditions takes minutes, so the report
+    lists the wall time of the ones that trained them (and which conditions each one trained)."""
+    from ..train.common import write_json
+
+    path = runs / "invocations.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    trained = [c for c in conds if c in results and results[c].get("trained")]
+    entries.append({"wall_seconds": info["wall_seconds"], "conds": conds, "trained": trained,
+                    "failed": sorted(failed), "jobs": info["jobs"], "threads": info["threads"],
+                    "set": info["set"], "commit": info["machine"].get("commit"),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    runs.mkdir(parents=True, exist_ok=True)
+    write_json(path, entries)
+    return entries
 
 
 def command_line(args: argparse.Namespace, conds: list[str], jobs: int) -> str:

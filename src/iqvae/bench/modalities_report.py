@@ -87,6 +87,21 @@ def _protocol(s: dict[str, Any]) -> str:
             f"seed {s['eval_seed']})")
 
 
+def invocations_sentence(entries: list[dict[str, Any]]) -> str:
+    """Every invocation on the work folder, oldest first, with the conditions it trained and its wall time (a later
+    ``--resume`` invocation reuses them), and the sum of those wall times; empty for a single invocation."""
+    if len(entries) < 2:
+        return ""
+    parts = []
+    for i, e in enumerate(entries, 1):
+        trained = ", ".join(e.get("trained") or []) or "none (all reused)"
+        parts.append(f"{i}. {e['wall_seconds'] / 60:.1f} min, trained {trained} ({e['jobs']} worker(s) × "
+                     f"{e.get('threads', '?')} thread(s), commit {e.get('commit')}, finished {e.get('finished')})")
+    total = sum(float(e["wall_seconds"]) for e in entries)
+    return (f"  Every invocation on this work folder ({total / 60:.1f} min in all), oldest first: "
+            + "; ".join(parts) + ".")
+
+
 def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], guidance_png: bool) -> str:
     m = info["machine"]
     protocols = {_protocol(e["settings"]) for e in entries.values()}
@@ -99,7 +114,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         + " at the temperature T and guidance scale s of its preset.", "",
         f"Written by `{info['command']}` on commit {m.get('commit')}: {info['cpu_count']} CPU core(s), GPU "
         f"{m.get('cuda') or 'none'}, torch {m.get('torch')}; {info['jobs']} worker(s) × {info['threads']} torch "
-        f"thread(s); wall time {info['wall_seconds'] / 60:.1f} min.", "",
+        f"thread(s); wall time {info['wall_seconds'] / 60:.1f} min." + invocations_sentence(
+            info.get("invocations") or []), "",
         "| condition | " + " | ".join(TITLES[k] for k in METRICS) + " | bar met | train s | T | s |",
         "|---" * (len(METRICS) + 5) + "|",
     ]
