@@ -190,7 +190,7 @@ def test_presets_command_shows_the_quality_sections(capsys):
 
     run(argparse.Namespace())
     out = capsys.readouterr().out
-    assert re.search(r"quality-seg: temperature 0\.6, cfg_scale 1\.0, guidance_sweep \[1\.0, 1\.5, 2\.0, 3\.0\], "
+    assert re.search(r"quality-seg: temperature 0\.5, cfg_scale 1\.5, guidance_sweep \[1\.0, 1\.5, 2\.0, 3\.0\], "
                      r"conditions 64, samples 8", out)
     assert "  paper: none" in out
 
