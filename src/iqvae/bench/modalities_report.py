@@ -96,8 +96,7 @@ def invocations_sentence(entries: list[dict[str, Any]]) -> str:
     for i, e in enumerate(entries, 1):
         trained = ", ".join(e.get("trained") or []) or "none (all reused)"
         parts.append(f"{i}. {e['wall_seconds'] / 60:.1f} min, trained {trained} ({e['jobs']} worker(s) × "
-                     f"{e.get('threads', '?')} thread(s), commit {e.get('commit')}, finished {e.get('finished')}"
-                     + (f"; {e['note']}" if e.get("note") else "") + ")")
+                     f"{e.get('threads', '?')} thread(s), commit {e.get('commit')}, finished {e.get('finished')})")
     total = sum(float(e["wall_seconds"]) for e in entries)
     return (f"  Every invocation on this work folder ({total / 60:.1f} min in all), oldest first: "
             + "; ".join(parts) + ".")
