@@ -63,7 +63,8 @@ def test_json_keys_and_names(evaluated):
     assert "sampling seed 7" in md and "top-k 100" in md
     sh = m["shapes"]
     scene = ("scene_accuracy", "scene_precision", "scene_recall")
-    assert set(sh["samples"]) == {"palette_accuracy", "mask_miou", "mask_miou_per_image", "mode_coverage", *scene}
+    assert set(sh["samples"]) == {"palette_accuracy", "mask_miou", "mask_miou_per_image", "mode_coverage",
+                                  "scene_mode_coverage", *scene}
     assert all(0.0 <= sh["samples"][k] <= 1.0 for k in scene)
     assert {k: sh["real"][k] for k in scene} == dict.fromkeys(scene, 1.0)  # the oracle row: true images
     assert sh["fit"] == ["palette_accuracy", "mask_miou", "mode_coverage"]
@@ -200,7 +201,7 @@ def test_text_condition_is_judged_by_scene_accuracy(tmp_path):
     IQVAEPipeline(tok, gpt).save_pretrained(tmp_path / "pipe")
     res = evaluate_model(tmp_path / "pipe", conditions=2, samples=2, seed=3, recon_items=2)
     sh = res["metrics"]["shapes"]
-    assert sh["fit"] == ["scene_accuracy", "mode_coverage"]
+    assert sh["fit"] == ["scene_accuracy", "scene_mode_coverage"]
     assert sh["real"]["scene_accuracy"] == sh["real"]["scene_recall"] == sh["real"]["scene_precision"] == 1.0
     pipe = IQVAEPipeline.from_pretrained(tmp_path / "pipe")
     s = draw_samples(pipe, ds, "text", num_conditions=2, samples_per_condition=2, seed=3)

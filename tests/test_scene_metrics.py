@@ -19,6 +19,7 @@ from iqvae.metrics.scene import (
     described_objects,
     find_objects,
     match,
+    scene_mode_coverage,
     scene_report,
     scene_scores,
 )
@@ -236,4 +237,57 @@ def test_modalities_declare_their_fit_metrics():
     for m in ("seg", "edge", "keypoints", "layout"):
         assert get_modality(m).fit_metrics == ("palette_accuracy", "mask_miou", "mode_coverage")
     for m in ("text", "audio"):
-        assert get_modality(m).fit_metrics == ("scene_accuracy", "mode_coverage")
+        assert get_modality(m).fit_metrics == ("scene_accuracy", "scene_mode_coverage")
+
+
+def _renders(metas):
+    return torch.stack([image(m) for m in metas])
+
+
+def test_scene_mode_coverage_agrees_with_mode_coverage_on_true_images():
+    from iqvae.metrics.shapes import mode_coverage
+
+    for i in range(30):
+        meta = S.scene_meta("test", i)
+        n = len(meta["objects"])
+        for k, colours in enumerate(([0] * n, [2] * n, None)):  # one colour, another, drawn at random
+            metas = [S.resample_colours(meta, seed=s, colours=colours) for s in range(2 + 4 * k)]
+            imgs = _renders(metas)
+            assert scene_mode_coverage(imgs, meta) == pytest.approx(mode_coverage(imgs, meta))
+        if i < 5:  # enough draws see every colour
+            assert scene_mode_coverage(_renders([S.resample_colours(meta, seed=s) for s in range(40)]), meta) == 1
+
+
+def test_scene_mode_coverage_counts_right_objects_anywhere_in_their_cell():
+    from iqvae.metrics.shapes import mode_coverage
+
+    described = scene(THREE)
+    moved = copy.deepcopy(described)
+    for o, (dx, dy) in zip(moved["objects"], ((0.04, 0.03), (-0.04, 0.02), (0.05, -0.04))):
+        o["geom"]["cx"] += dx
+        o["geom"]["cy"] += dy
+    assert [d.cell for d in described_objects(moved)] == [d.cell for d in described_objects(described)]
+    # circle in colours 0, 1, 1; square 0, 0, 0; ring 2, 1, 0 (brute force: 2/3, 1/3, 3/3)
+    plans = [(0, 0, 2), (1, 0, 1), (1, 0, 0)]
+    metas = [S.resample_colours(moved, seed=s, colours=c) for s, c in enumerate(plans)]
+    imgs = _renders(metas)
+    assert scene_mode_coverage(imgs, described) == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)
+    assert mode_coverage(imgs, described) < scene_mode_coverage(imgs, described)  # the pixels moved, not the cells
+    # an object of the wrong class, or in the wrong cell, adds no colour; a missing one adds nothing either
+    wrong = copy.deepcopy(metas[2])
+    wrong["objects"][0] = {**obj("cross", 0, 0, colour=2), "geom": dict(wrong["objects"][0]["geom"])}  # circle -> cross
+    far = copy.deepcopy(metas[2])
+    far["objects"][2]["geom"]["cx"] = MID[2]  # the ring leaves the left column
+    missing = copy.deepcopy(metas[1])
+    del missing["objects"][1]
+    imgs = _renders([metas[0], wrong, far, missing])
+    # circle: 0 (image 0), 1 (far, missing; `wrong` has a cross there) -> 2/3; square 0 -> 1/3; ring 2 (image 0),
+    # 0 (wrong), 1 (missing; `far` moved it out of its cell) -> 3/3
+    assert scene_mode_coverage(imgs, described) == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)
+    # without the one right ring of colour 0 (`wrong`), the ring has 2 of its 3 colours
+    imgs = _renders([metas[0], far, missing])
+    assert scene_mode_coverage(imgs, described) == pytest.approx((2 / 3 + 1 / 3 + 2 / 3) / 3)
+    with pytest.raises(DataError, match="no object"):
+        scene_mode_coverage(imgs, scene([]))
+    with pytest.raises(DataError, match="one condition"):
+        scene_mode_coverage(imgs[0], described)

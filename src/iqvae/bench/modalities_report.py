@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .quality import METRICS, QUALITY_BARS, STAGES, fidelity_metric, grid_rows, meets
+from .quality import METRICS, QUALITY_BARS, STAGES, diversity_metric, fidelity_metric, grid_rows, meets
 
 TITLES = {"palette_accuracy": "palette accuracy", "mask_miou": "mask mIoU", "scene_accuracy": "scene accuracy",
-          "mode_coverage": "mode coverage"}
+          "mode_coverage": "mode coverage", "scene_mode_coverage": "scene mode coverage"}
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -130,7 +130,9 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         "",
         "A cell reads: measured value ≥ bar, ✓ met or ✗ missed. A value in parentheses has no bar: the metric does not "
         "judge that condition (seg, layout, keypoints and edge fix each object's pixels, so palette accuracy and mask "
-        "mIoU judge them; text and audio name class, size and 3 × 3 cell only, so scene accuracy does). Mask mIoU "
+        "mIoU judge them; text and audio name class, size and 3 × 3 cell only, so scene accuracy does, and their "
+        "diversity is scene mode coverage: the palette colours drawn among a condition's samples, read on the "
+        "objects found right rather than over the true object's pixels, which mode coverage reads). Mask mIoU "
         "sums each class's intersection and union over all samples before the mean over classes (the segmentation "
         "benchmarks' protocol); the mean of per-image mIoUs is `mask_miou_per_image` in modalities.json. "
         "Train s: wall "
@@ -169,7 +171,7 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
                 lines.append(f"| {cond} | {g['cfg_scale']:g} | {g['temperature']:g} | "
                              + " | ".join("n/a" if g[k] is None else f"{g[k]:.3f}" for k in METRICS) + " |")
         lines += ["", "Fidelity is palette accuracy for spatial conditions and scene accuracy for text and audio; "
-                      "diversity is mode coverage. s = 1 is unguided sampling."]
+                      "diversity is mode coverage (scene mode coverage for text and audio). s = 1 is unguided sampling."]
     lines += ["", "## Samples", ""]
     for cond, e in entries.items():
         st = e["settings"]
@@ -189,12 +191,12 @@ def guidance_figure(path: Path, entries: dict[str, dict[str, Any]]) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
     for cond, e in entries.items():
-        pts = [g for g in e["guidance"] if g["mode_coverage"] is not None and g[fidelity_metric(cond)] is not None]
+        fid, div = fidelity_metric(cond), diversity_metric(cond)
+        pts = [g for g in e["guidance"] if g[div] is not None and g[fid] is not None]
         if not pts:
             continue
-        fid = fidelity_metric(cond)
-        xs, ys = [g["mode_coverage"] for g in pts], [g[fid] for g in pts]
-        (line,) = ax.plot(xs, ys, marker="o", label=f"{cond} ({TITLES[fid]})")
+        xs, ys = [g[div] for g in pts], [g[fid] for g in pts]
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{cond} ({TITLES[fid]}, {TITLES[div]})")
         for g, x, y in zip(pts, xs, ys):
             ax.annotate(f"s={g['cfg_scale']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
                         color=line.get_color())
@@ -202,7 +204,7 @@ def guidance_figure(path: Path, entries: dict[str, dict[str, Any]]) -> Path:
         lo, hi = get()
         mid, half = (lo + hi) / 2, max((hi - lo) / 2, 0.05)
         setter(max(-0.02, mid - half), min(1.02, mid + half))
-    ax.set_xlabel("mode coverage (diversity)")
+    ax.set_xlabel("diversity (mode coverage; scene mode coverage for text, audio)")
     ax.set_ylabel("fidelity (palette accuracy; scene accuracy for text, audio)")
     ax.set_title("Classifier-free guidance: fidelity against diversity")
     ax.grid(alpha=0.3)

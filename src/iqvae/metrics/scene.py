@@ -33,6 +33,13 @@ objects instead of masks (:mod:`iqvae.metrics.shapes`).
 * Scores (:func:`scene_scores`): ``scene_accuracy`` = mean over images of right / described objects;
   ``scene_recall`` = right / described objects pooled over images; ``scene_precision`` = right / found objects
   pooled over images (0 when no object is found at all).
+* Diversity (:func:`scene_mode_coverage`): the object-level analogue of
+  :func:`iqvae.metrics.shapes.mode_coverage` for conditions that do not fix an object's pixels.  Among N images of
+  one condition, a described object's colour "appears" when some image has a *right* found object paired with it
+  whose majority colour is that colour; the score is the share of the class's palette that appears, averaged over
+  the described objects (an object never drawn right adds 0).  The mask-based ``mode_coverage`` reads the colour
+  over the true object's pixels, which a caption or a sound does not fix, so an object drawn right but elsewhere in
+  its cell counts there as missing.  On true images the two agree (tests).
 
 True images of the world score 1 on all three (``tests/test_scene_metrics.py`` checks thousands of scenes of every
 background kind).
@@ -46,7 +53,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data.shapes import MIN_VISIBLE, R_MAX, R_MIN
+from ..data.shapes import CLASS_NAMES, MIN_VISIBLE, PALETTES, R_MAX, R_MIN
 from ..errors import DataError
 from .shapes import nearest_colour, to_rgb255
 
@@ -282,3 +289,22 @@ def scene_scores(images: torch.Tensor, metas: Sequence[dict[str, Any]], min_pixe
     return {"scene_accuracy": float(np.mean(accs)), "scene_precision": right / found if found else 0.0,
             "scene_recall": right / described}
 
+
+
+def scene_mode_coverage(images: torch.Tensor, meta: dict[str, Any], min_pixels: int | None = None,
+                        tolerance_px: float = 1.0) -> float:
+    """Share of each described object's palette colours drawn right among N images ``(N, 3, H, H)`` of one
+    condition ``meta``, averaged over its described objects (see the module docstring)."""
+    x = torch.as_tensor(images)
+    if x.ndim != 4 or x.shape[0] < 1:
+        raise DataError(f"scene_mode_coverage: expected images (N, 3, H, H) of one condition, got {tuple(x.shape)}")
+    described = described_objects(meta)
+    if not described:
+        raise DataError("scene_mode_coverage: the scene description has no object")
+    seen: list[set[int]] = [set() for _ in described]
+    for img in x:
+        r = scene_report(img, meta, min_pixels, tolerance_px)
+        for i, p in enumerate(r["pairs"]):
+            if p["right"]:
+                seen[i].add(r["found"][p["found"]].colour)
+    return float(np.mean([len(s) / len(PALETTES[CLASS_NAMES[d.cls]]) for s, d in zip(seen, described)]))

@@ -18,7 +18,7 @@ from .palette import colormap
 class Audio(Modality):
     name = "audio"
     kind = "sequence"
-    fit_metrics = ("scene_accuracy", "mode_coverage")
+    fit_metrics = ("scene_accuracy", "scene_mode_coverage")
     control = "scene_accuracy"
     control_judge = "scene"
     values = "finite"

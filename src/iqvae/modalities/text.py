@@ -102,7 +102,7 @@ class TextVocab:
 class Text(Modality):
     name = "text"
     kind = "sequence"
-    fit_metrics = ("scene_accuracy", "mode_coverage")
+    fit_metrics = ("scene_accuracy", "scene_mode_coverage")
     control = "scene_accuracy"
     control_judge = "scene"
     dtype = torch.int64
