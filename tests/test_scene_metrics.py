@@ -19,6 +19,7 @@ from iqvae.metrics.scene import (
     described_objects,
     find_objects,
     match,
+    scene_metrics,
     scene_mode_coverage,
     scene_report,
     scene_scores,
@@ -291,3 +292,23 @@ def test_scene_mode_coverage_counts_right_objects_anywhere_in_their_cell():
         scene_mode_coverage(imgs, scene([]))
     with pytest.raises(DataError, match="one condition"):
         scene_mode_coverage(imgs[0], described)
+
+
+def test_scene_metrics_is_scores_and_coverage_in_one_pass():
+    metas = [S.scene_meta("val", i) for i in range(4)]
+    draws = [[S.resample_colours(m, seed=s) for s in range(3)] for m in metas]
+    draws[1][0] = _wrong_cell(draws[1][0])
+    imgs = torch.stack([_renders(d) for d in draws])
+    flat, flat_metas = imgs.reshape(-1, *imgs.shape[2:]), [m for m in metas for _ in range(3)]
+    want = {**scene_scores(flat, flat_metas),
+            "scene_mode_coverage": float(np.mean([scene_mode_coverage(x, m) for x, m in zip(imgs, metas)]))}
+    assert scene_metrics(imgs, metas) == want and want["scene_accuracy"] < 1
+    with pytest.raises(DataError, match="one description per condition"):
+        scene_metrics(flat, flat_metas)
+
+
+def _wrong_cell(meta):
+    out = copy.deepcopy(meta)
+    g = out["objects"][0]["geom"]
+    g["cx"] = 1 - g["cx"] if abs(g["cx"] - 0.5) > 0.2 else (g["cx"] + 0.4) % 1
+    return out

@@ -58,7 +58,7 @@ def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditi
 
 def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, float]:
     """The Shapes world's exact metrics of a sample set (``seg``: the ground-truth segmentation per condition)."""
-    from ..metrics.scene import scene_mode_coverage, scene_scores
+    from ..metrics.scene import scene_metrics
     from ..metrics.shapes import mask_adherence, mode_coverage, palette_accuracy
 
     c, n = samples.images.shape[:2]
@@ -70,9 +70,7 @@ def shapes_metrics(samples: SampleSet, seg: list[torch.Tensor]) -> dict[str, flo
         "mask_miou": float(mask_adherence(flat, segs)),
         "mask_miou_per_image": float(mask_adherence(flat, segs, "image")),
         "mode_coverage": float(sum(mode_coverage(samples.images[i], samples.metas[i]) for i in range(c)) / c),
-        "scene_mode_coverage": float(sum(scene_mode_coverage(samples.images[i], samples.metas[i])
-                                         for i in range(c)) / c),
-        **scene_scores(flat, metas),
+        **scene_metrics(samples.images, samples.metas),
     }
 
 

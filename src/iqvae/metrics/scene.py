@@ -277,9 +277,12 @@ def scene_scores(images: torch.Tensor, metas: Sequence[dict[str, Any]], min_pixe
     if x.ndim != 4 or len(metas) != x.shape[0]:
         raise DataError(f"scene_scores: got images of shape {tuple(x.shape)} and {len(metas)} scene descriptions; "
                         "expected (B, 3, H, H) with one description per image")
+    return _scores_of([scene_report(img, meta, min_pixels, tolerance_px) for img, meta in zip(x, metas)])
+
+
+def _scores_of(reports: Sequence[dict[str, Any]]) -> dict[str, float]:
     accs, right, described, found = [], 0, 0, 0
-    for img, meta in zip(x, metas):
-        r = scene_report(img, meta, min_pixels, tolerance_px)
+    for r in reports:
         if not r["described"]:
             raise DataError("scene_scores: a scene description has no object")
         accs.append(r["right"] / len(r["described"]))
@@ -290,7 +293,6 @@ def scene_scores(images: torch.Tensor, metas: Sequence[dict[str, Any]], min_pixe
             "scene_recall": right / described}
 
 
-
 def scene_mode_coverage(images: torch.Tensor, meta: dict[str, Any], min_pixels: int | None = None,
                         tolerance_px: float = 1.0) -> float:
     """Share of each described object's palette colours drawn right among N images ``(N, 3, H, H)`` of one
@@ -298,13 +300,30 @@ def scene_mode_coverage(images: torch.Tensor, meta: dict[str, Any], min_pixels: 
     x = torch.as_tensor(images)
     if x.ndim != 4 or x.shape[0] < 1:
         raise DataError(f"scene_mode_coverage: expected images (N, 3, H, H) of one condition, got {tuple(x.shape)}")
-    described = described_objects(meta)
+    return _coverage_of([scene_report(img, meta, min_pixels, tolerance_px) for img in x])
+
+
+def _coverage_of(reports: Sequence[dict[str, Any]]) -> float:
+    """:func:`scene_mode_coverage` of the reports of N images of one condition."""
+    described = reports[0]["described"]
     if not described:
         raise DataError("scene_mode_coverage: the scene description has no object")
     seen: list[set[int]] = [set() for _ in described]
-    for img in x:
-        r = scene_report(img, meta, min_pixels, tolerance_px)
+    for r in reports:
         for i, p in enumerate(r["pairs"]):
             if p["right"]:
                 seen[i].add(r["found"][p["found"]].colour)
     return float(np.mean([len(s) / len(PALETTES[CLASS_NAMES[d.cls]]) for s, d in zip(seen, described)]))
+
+
+def scene_metrics(images: torch.Tensor, metas: Sequence[dict[str, Any]], min_pixels: int | None = None,
+                  tolerance_px: float = 1.0) -> dict[str, float]:
+    """:func:`scene_scores` over all images ``(C, N, 3, H, H)`` (N samples of each of C conditions ``metas``) and
+    the mean over conditions of :func:`scene_mode_coverage`, each image's objects found and matched once."""
+    x = torch.as_tensor(images)
+    if x.ndim != 5 or len(metas) != x.shape[0] or x.shape[1] < 1:
+        raise DataError(f"scene_metrics: got images of shape {tuple(x.shape)} and {len(metas)} scene descriptions; "
+                        "expected (C, N, 3, H, H) with one description per condition")
+    reports = [[scene_report(img, meta, min_pixels, tolerance_px) for img in imgs] for imgs, meta in zip(x, metas)]
+    return {**_scores_of([r for rs in reports for r in rs]),
+            "scene_mode_coverage": float(np.mean([_coverage_of(rs) for rs in reports]))}
