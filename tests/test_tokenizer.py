@@ -516,6 +516,32 @@ def test_reconstruction_report_has_the_code_purity_measures_of_a_direct_computat
         code_colour_purity(enc.img_indices, batch.meta, RES)["code_colour_purity"])
 
 
+def test_reconstruction_report_scene_scores_are_those_of_the_reconstructions_and_1_for_a_perfect_one():
+    """recon_scene_*: scene_scores of the reconstructions (a direct computation); a tokenizer whose reconstruction
+    is the input image itself scores 1.0 (true images of the world score 1), one that returns grey scores 0."""
+    import dataclasses
+
+    from iqvae.data.record import collate
+    from iqvae.data.shapes import ShapesDataset
+    from iqvae.metrics.scene import scene_scores
+    from iqvae.metrics.tokenizer_report import reconstruction_metrics
+
+    ds = ShapesDataset("val", 12, 32, ("text", "seg"))
+    model = IQVAE(tiny("iq-vr", resolution=32), ds.condition_spec("text")).eval()
+    report = reconstruction_metrics(model, ds, "text", batch_size=5)
+    batch = collate([ds[i] for i in range(12)])
+    with torch.no_grad():
+        rec = model(batch.image, batch.cond["text"]).recon.clamp(-1, 1)
+    direct = scene_scores(rec, batch.meta)
+    for k in ("scene_accuracy", "scene_precision", "scene_recall"):
+        assert report[f"recon_{k}"] == pytest.approx(direct[k])
+    forward = model.forward
+    for fake, want in ((lambda img: img, 1.0), (torch.zeros_like, 0.0)):
+        model.forward = lambda img, cond, fake=fake: dataclasses.replace(forward(img, cond), recon=fake(img))
+        report = reconstruction_metrics(model, ds, "text", batch_size=5)
+        assert report["recon_scene_accuracy"] == want and report["recon_scene_recall"] == want
+
+
 @pytest.mark.parametrize("cond_attn, attn", [(True, False), (False, True), (None, False), (None, True)])
 def test_cond_attn_sets_attention_of_the_condition_nets_only(cond_attn, attn):
     """cond_attn (null: as attn) decides attention in the conv condition encoder / decoder, and nothing else: the

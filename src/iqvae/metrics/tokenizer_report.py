@@ -7,7 +7,10 @@
   (:func:`iqvae.metrics.recon.cond_code_class_purity`) against the condition's class map (seg) or, where the items
   carry one (the Shapes world, any condition), the scene's segmentation;
 * on the Shapes world (when items carry object metadata): palette accuracy and mask adherence of reconstructions,
-  and how well the image codes name object colours (:func:`iqvae.metrics.shapes.code_colour_purity`).
+  and how well the image codes name object colours (:func:`iqvae.metrics.shapes.code_colour_purity`); and the
+  object-level scene accuracy / precision / recall of reconstructions (:func:`iqvae.metrics.scene.scene_scores`),
+  the ceiling of what a text or audio pipeline can score with this tokenizer (its reconstructions as samples),
+  reported as ``recon_scene_accuracy`` / ``recon_scene_precision`` / ``recon_scene_recall``.
 """
 
 from __future__ import annotations
@@ -77,4 +80,7 @@ def reconstruction_metrics(model: Any, dataset: Any, cond_name: str, *, device: 
         report["mask_miou"] = float(mask_adherence(rec, seg))
         report["mask_miou_per_image"] = float(mask_adherence(rec, seg, "image"))
         report.update(code_colour_purity(first_level(img_idx), metas, rec.shape[-1]))
+        from .scene import scene_scores
+
+        report.update({f"recon_{k}": v for k, v in scene_scores(rec, metas).items()})
     return report
