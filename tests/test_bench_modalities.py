@@ -195,6 +195,16 @@ def test_presets_command_shows_the_quality_sections(capsys):
     assert "  paper: none" in out
 
 
+def test_a_set_train_threads_wins_over_the_workers_share(tmp_path):
+    """--set tokenizer.train.threads / transformer.train.threads is not overridden by cores / workers."""
+    over = {"tokenizer": [], "transformer": [], "quality": []}
+    plan = make_plan("seg", "quality", over, tmp_path, 2, False)
+    assert plan.tok.train.threads == plan.gpt.train.threads == 2
+    mine = {**over, "tokenizer": ["train.threads=1"], "transformer": ["train.threads=3"]}
+    plan = make_plan("seg", "quality", mine, tmp_path, 2, False)
+    assert (plan.tok.train.threads, plan.gpt.train.threads) == (1, 3)
+
+
 def test_slowest_conditions_go_first(tmp_path):
     over = {"tokenizer": [], "transformer": [], "quality": []}
     plans = [make_plan(c, "quality", over, tmp_path, 1, False) for c in ("seg", "edge", "text")]

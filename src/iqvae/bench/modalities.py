@@ -85,13 +85,13 @@ def make_plan(cond: str, prefix: str, over: dict[str, list[str]], runs: Path, th
     from ..train.transformer import TransformerRunConfig
 
     preset = f"{prefix}-{cond}"
-    thr = [f"train.threads={threads}"]
+    thr = [f"train.threads={threads}"]  # cores / workers, unless --set names a stage's train.threads (it wins)
     tok = build_config(TokenizerRunConfig, "tokenizer", preset=preset,
-                       overrides=[f"data.cond={cond}", *over["tokenizer"], *thr])
+                       overrides=[f"data.cond={cond}", *thr, *over["tokenizer"]])
     if tok.data.dataset != "shapes":
         raise IQVAEError(f"preset '{preset}': the modalities bench needs the Shapes world (its exact metrics); "
                          f"got data.dataset={tok.data.dataset!r}")
-    gpt = build_config(TransformerRunConfig, "transformer", preset=preset, overrides=[*over["transformer"], *thr])
+    gpt = build_config(TransformerRunConfig, "transformer", preset=preset, overrides=[*thr, *over["transformer"]])
     q = quality_settings(preset, over["quality"])
     guided = [s for s in q.scales() if s != 1]
     if guided and not gpt.model.cfg_dropout > 0:
