@@ -70,6 +70,9 @@ def test_json_keys_and_names(evaluated):
     assert sh["fit"] == ["palette_accuracy", "mask_miou", "mode_coverage"]
     assert "| palette_accuracy (samples; real ceiling) [fits the condition] |" in md
     assert "| scene_accuracy (samples; real ceiling) | " in md and "; 1 |" in md.split("| scene_accuracy")[1]
+    r = m["reconstruction"]  # the tokenizer's object-level ceiling, in the JSON and the table
+    assert all(0.0 <= r[f"recon_{k}"] <= 1.0 for k in scene)
+    assert f"| reconstruction recon_scene_accuracy | {r['recon_scene_accuracy']:.4g} |" in md
     # the classifier was trained once into the cache and is reused
     assert len(list((cache / "extractors").glob("shapes-32-*"))) == 1
     # controllability: the seg predictor trained on the world's train split, beside its oracle

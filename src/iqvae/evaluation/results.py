@@ -35,7 +35,8 @@ def metric_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
     for key in ("psnr", "ssim", "image_codebook_usage", "image_codebook_perplexity", "cond_codebook_usage",
                 "cond_codebook_perplexity", "cond_pixel_acc", "cond_miou", "cond_code_class_purity", "cond_f1",
                 "cond_token_acc", "cond_mse", "palette_accuracy", "mask_miou", "mask_miou_per_image",
-                "code_colour_purity", "codes_per_colour"):
+                "code_colour_purity", "codes_per_colour", "recon_scene_accuracy", "recon_scene_precision",
+                "recon_scene_recall"):
         if key in r:
             rows.append((f"reconstruction {key}", _f(r[key])))
     add(r["rfd"].get("name", "rFD"), r["rfd"], lambda e: _f(e["value"]))
