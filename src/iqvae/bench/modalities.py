@@ -405,7 +405,8 @@ def register(bsub: argparse._SubParsersAction) -> None:
                                                  + ", ".join(QUALITY_BARS) + ")")
     m.add_argument("--jobs", type=int, default=None,
                    help="conditions trained side by side in worker processes, each with cores/jobs torch threads "
-                        "(default: 2 without a GPU, 1 with one)")
+                        "(a --set tokenizer.train.threads / transformer.train.threads wins for its stage; "
+                        "default: 2 without a GPU, 1 with one)")
     m.add_argument("--runs-dir", default="runs/modalities", help="folder for the runs (default runs/modalities)")
     m.add_argument("--out", default="results", help="folder for modalities.md / .json / *.png (default results)")
     m.add_argument("--preset-prefix", default="quality", help="preset of a condition: PREFIX-COND (default quality)")
