@@ -43,6 +43,34 @@ def test_filter_logits_matches_brute_force(top_k, top_p):
         torch.testing.assert_close(out[b][torch.isfinite(out[b])], logits[b][torch.tensor(keep)])
 
 
+@pytest.mark.parametrize("top_k, top_p, min_p", [(None, None, 0.05), (None, None, 0.5), (5, None, 0.2),
+                                                 (None, 0.9, 0.1), (7, 0.5, 0.3), (None, None, 1.0)])
+def test_filter_min_p_matches_brute_force(top_k, top_p, min_p):
+    """min-p oracle: after top-k / top-p, keep a survivor iff its renormalised probability is >= min_p times the
+    largest renormalised probability (computed in plain Python)."""
+    logits = torch.randn(6, 20, dtype=torch.float64) * 2
+    out = filter_logits(logits, top_k, top_p, min_p)
+    for b in range(logits.shape[0]):
+        row = logits[b].tolist()
+        keep = brute_filter(row, top_k, top_p)
+        z = sum(math.exp(x) for x, k in zip(row, keep) if k)
+        probs = [math.exp(x) / z if k else 0.0 for x, k in zip(row, keep)]
+        keep = [k and p >= min_p * max(probs) for k, p in zip(keep, probs)]
+        assert torch.isfinite(out[b]).tolist() == keep
+        torch.testing.assert_close(out[b][torch.isfinite(out[b])], logits[b][torch.tensor(keep)])
+
+
+def test_filter_min_p_keeps_comparable_modes():
+    """Three about-equal options survive min-p 0.3 whatever their share, the tail does not; min-p 0 / None is off."""
+    probs = torch.tensor([[0.30, 0.28, 0.26, 0.08, 0.05, 0.03]])
+    assert torch.isfinite(filter_logits(probs.log(), min_p=0.3)).tolist() == [[True] * 3 + [False] * 3]
+    assert torch.isfinite(filter_logits(probs.log(), min_p=0.15)).tolist() == [[True] * 5 + [False]]
+    # top-p 0.5 on the same row cuts one of the three options
+    assert torch.isfinite(filter_logits(probs.log(), top_p=0.5)).tolist() == [[True, True] + [False] * 4]
+    for off in (None, 0, 0.0):
+        torch.testing.assert_close(filter_logits(probs.log(), min_p=off), probs.log())
+
+
 def test_filter_top_p_keeps_minimal_set():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     out = filter_logits(probs.log(), top_p=0.8)
@@ -104,6 +132,8 @@ def test_sample_respects_filter():
         ({"top_k": None, "top_p": 1.5, "temperature": 1.0}, "top_p"),
         ({"top_k": None, "top_p": None, "temperature": 0.0}, "temperature must be a number > 0"),
         ({"top_k": None, "top_p": None, "temperature": -1}, "temperature"),
+        ({"top_k": None, "top_p": None, "temperature": 1.0, "min_p": 1.5}, r"min_p must be in \[0, 1\]"),
+        ({"top_k": None, "top_p": None, "temperature": 1.0, "min_p": -0.1}, "min_p"),
     ],
 )
 def test_argument_validation(kwargs, word):
@@ -132,8 +162,9 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg_kw", CONFIGS)
-@pytest.mark.parametrize("top_k, top_p, temperature", [(None, None, 1.0), (5, 0.9, 0.8)])
-def test_cached_generate_matches_reference(cfg_kw, top_k, top_p, temperature):
+@pytest.mark.parametrize("top_k, top_p, temperature, min_p", [(None, None, 1.0, None), (5, 0.9, 0.8, None),
+                                                              (None, None, 1.0, 0.05)])
+def test_cached_generate_matches_reference(cfg_kw, top_k, top_p, temperature, min_p):
     cfg = GPTConfig(**cfg_kw)
     model = GPT(cfg)
     with torch.no_grad():  # larger weights so logits vary strongly between steps
@@ -141,14 +172,15 @@ def test_cached_generate_matches_reference(cfg_kw, top_k, top_p, temperature):
             p.mul_(8.0)
     B = 4
     cond = torch.randint(0, cfg.cond_vocab, (B, cfg.n_cond))
-    kw = dict(top_k=top_k, top_p=top_p, temperature=temperature, return_logits=True)
+    kw = dict(top_k=top_k, top_p=top_p, temperature=temperature, return_logits=True, min_p=min_p)
     tok, logits = generate(model, cond, generator=torch.Generator().manual_seed(7), **kw)
     tok_r, logits_r = generate_reference(model, cond, generator=torch.Generator().manual_seed(7), **kw)
     assert tok.shape == (B, cfg.n_image) and logits.shape == (B, cfg.n_image, cfg.image_vocab)
     torch.testing.assert_close(logits, logits_r, atol=1e-4, rtol=0)
     assert torch.equal(tok, tok_r)
     # the samples are genuinely stochastic: another seed gives other tokens
-    other = generate(model, cond, generator=torch.Generator().manual_seed(8), top_k=top_k, top_p=top_p)
+    other = generate(model, cond, generator=torch.Generator().manual_seed(8), top_k=top_k, top_p=top_p,
+                     min_p=min_p)
     assert not torch.equal(other, tok)
     # the returned logits are those of the sampled prefix: re-scoring with the training forward reproduces them
     torch.testing.assert_close(model(cond, tok), logits, atol=1e-4, rtol=0)

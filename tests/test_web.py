@@ -184,10 +184,23 @@ def test_unreadable_upload_shows_message(pipes, tmp_path):
     (dict(top_k=-1), "top-k must be >= 0"),
     (dict(temperature=0.0), "temperature must be"),
     (dict(seed=1.5), "whole number"),
+    (dict(min_p=1.5), "min_p must be in [0, 1]"),
 ])
 def test_bad_settings_are_messages(pipes, kw, msg):
     images, _, status = gen(pipes, "text", caption="a circle", **kw)
     assert images == [] and msg in status, status
+
+
+def test_min_p(pipes):
+    """min-p 1 keeps only the most likely token of every step: the seed no longer matters (greedy decoding)."""
+    cap = "a small square at the top left on a striped background"
+    a, _, status = gen(pipes, "text", caption=cap, num_samples=2, seed=1, min_p=1.0)
+    b, _, _ = gen(pipes, "text", caption=cap, num_samples=2, seed=2, min_p=1.0)
+    assert "min-p 1" in status, status
+    assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
+    c, _, _ = gen(pipes, "text", caption=cap, num_samples=2, seed=1)
+    d, _, _ = gen(pipes, "text", caption=cap, num_samples=2, seed=2)
+    assert [np.asarray(x).tobytes() for x in c] != [np.asarray(x).tobytes() for x in d]
 
 
 def test_guidance_scale(pipes):

@@ -111,11 +111,14 @@ class IQVAEPipeline:
     @torch.inference_mode()
     def __call__(self, condition: torch.Tensor, num_images: int = 4, *, top_k: int | None = 100,
                  top_p: float | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 output_type: Literal["pil", "pt"] = "pil", guidance_scale: float = 1.0) -> Any:
+                 output_type: Literal["pil", "pt"] = "pil", guidance_scale: float = 1.0,
+                 min_p: float | None = None) -> Any:
         """Sample ``num_images`` images for each condition.
 
         ``guidance_scale`` s: classifier-free guidance, each token drawn from ``l_u + s * (l_c - l_u)`` (before
         temperature, top-k and top-p); 1 is unguided; other values need a transformer with a null condition.
+        ``min_p``: keep only tokens at least ``min_p`` times as likely as the most likely one (None: off; see
+        :mod:`iqvae.sampling`).
 
         Returns a list (one per condition) of lists of PIL images, or with ``output_type="pt"`` a tensor
         (B, num_images, 3, H, W) in [-1, 1].
@@ -124,14 +127,14 @@ class IQVAEPipeline:
             raise IQVAEError(f"num_images must be at least 1, got {num_images}")
         if output_type not in ("pil", "pt"):
             raise IQVAEError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
-        validate_sampling_args(top_k, top_p, temperature)
+        validate_sampling_args(top_k, top_p, temperature, min_p)
         check_guidance(self.transformer, guidance_scale)
         cond_tokens, cond_idx = self.condition_tokens(condition)
         b = cond_tokens.shape[0]
         cond_tokens = cond_tokens.repeat_interleave(num_images, 0)
         cond_idx = cond_idx.repeat_interleave(num_images, 0)
         tokens = generate(self.transformer, cond_tokens, top_k=top_k, top_p=top_p, temperature=temperature,
-                          generator=generator, guidance_scale=guidance_scale)
+                          generator=generator, guidance_scale=guidance_scale, min_p=min_p)
         img_idx = tokens.reshape(tokens.shape[0], *self.tokenizer.tokens_shape)
         images = self.tokenizer.decode_indices(img_idx, cond_idx).clamp(-1, 1)
         images = images.reshape(b, num_images, *images.shape[1:]).float().cpu()

@@ -51,7 +51,7 @@ def run_sample(args: argparse.Namespace) -> int:
     rows = []
     for c in conds:
         imgs = pipe(c, num_images=args.n, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                    generator=g, guidance_scale=args.cfg_scale)[0]
+                    generator=g, guidance_scale=args.cfg_scale, min_p=args.min_p)[0]
         rows.append([condition_preview(c, spec, pipe.resolution).resize(imgs[0].size)] + imgs)
         cap = caption_of(c, spec)
         if cap:
@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=8, help="samples per condition")
     p.add_argument("--top-k", type=int, default=100, help="top-k sampling (paper: 100); 0 disables")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="min-p sampling: keep tokens at least this fraction as likely as the most likely one, in "
+                        "[0, 1] (default off)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale s: sample from l_u + s (l_c - l_u) (1: no guidance, the "

@@ -10,11 +10,19 @@ Conventions
 * Classifier-free guidance comes first: with ``guidance_scale`` s != 1 every step runs the conditional rows and the
   same rows under the model's null condition as one batch of 2B (one prefill, one decode per step, one KV cache) and
   samples from ``l_u + s * (l_c - l_u)`` (float32); s = 1 runs only the conditional rows (exactly unguided sampling).
-* Temperature is applied next (``logits / temperature``), then top-k, then top-p on the top-k survivors.
+* Temperature is applied next (``logits / temperature``), then top-k, then top-p on the top-k survivors, then
+  min-p.
 * top-k keeps every logit ``>=`` the k-th largest (ties at the k-th value are all kept); ``top_k`` larger than the
   vocabulary is clamped to the vocabulary size (i.e. no filtering).
 * top-p keeps the smallest set of most-likely tokens whose probability mass reaches ``top_p``: a token is kept iff the
   mass of the tokens ranked strictly before it is ``< top_p`` (the most likely token is always kept); ``top_p=1``
+  disables the filter.
+* min-p (Nguyen et al. 2024, "Turning Up the Heat: Min-p Sampling"; ``transformers``' ``min_p``) keeps a token iff its
+  probability is at least ``min_p`` times the most likely token's, i.e. iff its (temperature-scaled) logit is at
+  least ``max logit + log(min_p)``.  The ratio does not depend on the normalisation, and top-k / top-p never drop
+  the most likely token, so it is the same before or after them.  Where the model weighs a few options about
+  equally (which of a class's colours an object takes) all of them survive, while the long tail of unlikely tokens
+  does not; a lower temperature would instead sharpen the choice between the options too.  ``min_p=None`` (or 0)
   disables the filter.
 * A token is drawn by inverse-CDF sampling with one uniform per row from ``generator`` (``torch.rand`` on the
   generator's device), so runs are reproducible and the two sampling paths consume random numbers identically.
@@ -31,19 +39,25 @@ import torch
 from .errors import IQVAEError
 
 
-def validate_sampling_args(top_k: int | None, top_p: float | None, temperature: float) -> None:
-    """Raise :class:`IQVAEError` naming the argument when top_k < 1, top_p outside (0, 1] or temperature <= 0."""
+def validate_sampling_args(top_k: int | None, top_p: float | None, temperature: float,
+                           min_p: float | None = None) -> None:
+    """Raise :class:`IQVAEError` naming the argument when top_k < 1, top_p outside (0, 1], temperature <= 0 or
+    min_p outside [0, 1]."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise IQVAEError(f"top_k must be an integer >= 1 (or None to disable), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < float(top_p) <= 1.0):
         raise IQVAEError(f"top_p must be in (0, 1] (or None to disable), got {top_p!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise IQVAEError(f"temperature must be a number > 0, got {temperature!r}")
+    if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, (int, float))
+                              or not 0.0 <= float(min_p) <= 1.0):
+        raise IQVAEError(f"min_p must be in [0, 1] (0 or None to disable), got {min_p!r}")
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """``logits`` (..., V) with filtered-out entries set to ``-inf`` (top-k first, then top-p); never modifies the
-    input (when nothing is filtered the input itself is returned)."""
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+                  min_p: float | None = None) -> torch.Tensor:
+    """``logits`` (..., V) with filtered-out entries set to ``-inf`` (top-k first, then top-p, then min-p); never
+    modifies the input (when nothing is filtered the input itself is returned)."""
     out = logits
     V = out.shape[-1]
     if top_k is not None and top_k < V:
@@ -57,6 +71,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         out = out.masked_fill(drop, float("-inf"))
+    if min_p:  # None or 0: off
+        floor = out.amax(dim=-1, keepdim=True) + math.log(min_p)
+        out = out.masked_fill(out < floor, float("-inf"))
     return out
 
 
@@ -66,12 +83,13 @@ def sample_next(
     top_p: float | None = None,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    min_p: float | None = None,
 ) -> torch.Tensor:
     """Draw one token per row of ``logits`` ``(B, V)``; returns ``(B,)`` int64."""
     if logits.dim() != 2:
         raise IQVAEError(f"sample_next expects logits of shape (B, V), got {tuple(logits.shape)}")
     scaled = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1.0 == x exactly
-    probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
+    probs = torch.softmax(filter_logits(scaled, top_k, top_p, min_p), dim=-1)
     device = generator.device if generator is not None else probs.device
     u = torch.rand((probs.shape[0], 1), generator=generator, device=device).to(probs.device)
     cdf = torch.cumsum(probs, dim=-1)
@@ -107,10 +125,11 @@ def _guided_batch(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([cond, cond]), null
 
 
-def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, return_logits, guidance_scale):
+def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, return_logits, guidance_scale,
+         min_p):
     """Shared loop: ``step_logits(j, tokens, state)`` gives the logits of image token j (2B rows when guided, the
     guided combination is taken here); sampling is identical."""
-    validate_sampling_args(top_k, top_p, temperature)
+    validate_sampling_args(top_k, top_p, temperature, min_p)
     guided = check_guidance(model, guidance_scale)
     model.check_cond(cond)
     cfg = model.config
@@ -131,7 +150,7 @@ def _run(model, cond, step_logits, *, top_k, top_p, temperature, generator, retu
                     logits = guided_logits(logits, guidance_scale)
                 if return_logits:
                     all_logits[:, j] = logits
-                token = sample_next(logits, top_k, top_p, temperature, generator)
+                token = sample_next(logits, top_k, top_p, temperature, generator, min_p)
                 tokens[:, j] = torch.cat([token, token]) if guided else token
     finally:
         model.train(was_training)
@@ -150,6 +169,7 @@ def generate(
     generator: torch.Generator | None = None,
     return_logits: bool = False,
     guidance_scale: float = 1.0,
+    min_p: float | None = None,
 ):
     """Sample ``(B, n_image)`` image tokens for ``cond`` ``(B, n_cond)``: prefill + decode over a static KV cache.
 
@@ -157,7 +177,7 @@ def generate(
     With ``return_logits`` also returns the raw (pre-temperature, unfiltered; guided when ``guidance_scale`` != 1)
     logits ``(B, n_image, V)`` of every step.  Returned tensors are ordinary (non-inference) tensors.
     ``guidance_scale`` s != 1 (classifier-free guidance; needs a model with ``cfg_dropout > 0``) runs the batch and
-    its unconditional twin as 2B rows of one cache.
+    its unconditional twin as 2B rows of one cache.  ``min_p``: the min-p filter (module docstring; None: off).
     """
     from .models.gpt import KVCache
 
@@ -176,7 +196,7 @@ def generate(
                             null=null)
 
     return _run(model, cond, step_logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator,
-                return_logits=return_logits, guidance_scale=guidance_scale)
+                return_logits=return_logits, guidance_scale=guidance_scale, min_p=min_p)
 
 
 def generate_reference(model, cond: torch.Tensor, **sampling: Any):

@@ -5,7 +5,7 @@ The page: a condition-type selector; a drawing canvas for spatial conditions (se
 :func:`~iqvae.modalities.palette.label_palette` colours, with a legend; edge maps in white on black), a file upload (label-id
 or palette PNG, edge image, ``.safetensors`` tensor, ``.txt`` caption, ``.wav``) and a caption box for text models; an
 "example condition" button that loads the next test-split condition of the model's dataset; sliders for the number of
-samples, top-k, top-p, temperature and seed (and the classifier-free guidance scale, shown only for a model with a null
+samples, top-k, top-p, min-p, temperature and seed (and the classifier-free guidance scale, shown only for a model with a null
 condition); a Generate button, a gallery and a status line.  User errors (an empty
 caption, an image of the wrong mode, an upload over the size limit, ...) are shown in the status line; the app does not
 crash on them.
@@ -305,7 +305,7 @@ def read_condition(pipe: Any, drawing: Any = None, upload: Any = None, caption: 
 
 def generate_callback(pipelines: dict[str, Any], cond_type: str, drawing: Any = None, upload: Any = None,
                       caption: str | None = None, num_samples: Any = 4, top_k: Any = 100, top_p: Any = 1.0,
-                      temperature: Any = 1.0, seed: Any = 0, cfg_scale: Any = 1.0, *,
+                      temperature: Any = 1.0, seed: Any = 0, cfg_scale: Any = 1.0, min_p: Any = 0.0, *,
                       max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                       ) -> tuple[list["Image.Image"], "Image.Image | None", str]:
     """(gallery images, preview of the condition as the model reads it, status Markdown).
@@ -329,18 +329,20 @@ def generate_callback(pipelines: dict[str, Any], cond_type: str, drawing: Any = 
             raise IQVAEError(f"the seed must be >= 0, got {s}")
         temp = float(temperature)
         guide = float(cfg_scale) if cfg_scale is not None else 1.0
+        mp = float(min_p) if min_p is not None else 0.0
         cond, source = read_condition(pipe, drawing, upload, caption, max_upload_mb)
         gen = torch.Generator(device=pipe.device).manual_seed(s)
         t0 = time.perf_counter()
         images = pipe(cond, num_images=n, top_k=k or None, top_p=None if p >= 1.0 else p, temperature=temp,
-                      generator=gen, guidance_scale=guide)[0]
+                      generator=gen, guidance_scale=guide, min_p=mp or None)[0]
         dt = time.perf_counter() - t0
     except IQVAEError as e:
         return [], None, error_markdown(e)
     note = _caption_note(caption or "", pipe) if _modality(pipe).typed and not upload else ""
     status = (f"Generated {len(images)} image{'s' if len(images) != 1 else ''} from {source} with the "
               f"**{cond_type}** model ({pipe.resolution}×{pipe.resolution} px, shown enlarged): top-k {k or 'off'}, "
-              f"top-p {p:g}, temperature {temp:g}, " + (f"guidance scale {guide:g}, " if guide != 1 else "")
+              f"top-p {p:g}, " + (f"min-p {mp:g}, " if mp else "") + f"temperature {temp:g}, "
+              + (f"guidance scale {guide:g}, " if guide != 1 else "")
               + f"seed {s}; {dt:.1f} s.")
     if note:
         status += " Note: " + note
@@ -432,6 +434,7 @@ def _output_column(gr: Any, max_k: int, guided: bool) -> dict[str, Any]:
     ui["top_k"] = gr.Slider(0, max_k, value=min(100, max_k), step=1, label="top-k (0 = off; paper: 100)",
                             elem_id="iqvae-top-k")
     ui["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)", elem_id="iqvae-top-p")
+    ui["min_p"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="min-p (0 = off)", elem_id="iqvae-min-p")
     ui["temperature"] = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="iqvae-temperature")
     ui["cfg_scale"] = gr.Slider(0.0, 5.0, value=1.0, step=0.1, label="Guidance scale (classifier-free; 1 = off)",
                                 visible=guided, elem_id="iqvae-cfg-scale")
@@ -465,11 +468,11 @@ def _wire_events(gr: Any, pipelines: dict[str, Any], ui: dict[str, Any], max_upl
                            outputs=[ui[k] for k in ("legend", "drawing", "caption", "upload", "example_counter",
                                                     "status", "preview", "cfg_scale")])
 
-    def on_generate(key, draw, up, cap, n, k, p, t, s, g):
-        return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, g, max_upload_mb=max_upload_mb)
+    def on_generate(key, draw, up, cap, n, k, p, t, s, g, mp):
+        return generate_callback(pipelines, key, draw, up, cap, n, k, p, t, s, g, mp, max_upload_mb=max_upload_mb)
 
     inputs = [ui[k] for k in ("cond_type", "drawing", "upload", "caption", "num_samples", "top_k", "top_p",
-                              "temperature", "seed", "cfg_scale")]
+                              "temperature", "seed", "cfg_scale", "min_p")]
     outputs = [ui["gallery"], ui["preview"], ui["status"]]
     ui["generate_btn"].click(on_generate, inputs=inputs, outputs=outputs)
     ui["caption"].submit(on_generate, inputs=inputs, outputs=outputs)

@@ -27,13 +27,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from ..metrics.extractor import resolve_extractor
     from ..pipeline import IQVAEPipeline
-    from ..sampling import check_guidance
+    from ..sampling import check_guidance, validate_sampling_args
     from ..train.predictor import PredictorRecipe, resolve_predictor
     from .evaluate import evaluate_model
     from .results import metric_rows, write_results
 
     if args.top_k is not None and args.top_k < 1:
         raise IQVAEError(f"--top-k must be at least 1 (or omitted with --no-top-k); got {args.top_k}")
+    validate_sampling_args(None if args.no_top_k else args.top_k, args.top_p, args.temperature, args.min_p)
     if args.extractor_steps < 1:
         raise IQVAEError(f"--extractor-steps must be at least 1; got {args.extractor_steps}")
     if args.predictor_steps < 1:
@@ -61,7 +62,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         extractor, source = predictor, f"the encoder of the {psource}"
     res = evaluate_model(args.model, split=args.split, conditions=args.conditions, samples=args.samples,
                          seed=args.seed, top_k=None if args.no_top_k else args.top_k, top_p=args.top_p,
-                         temperature=args.temperature, guidance_scale=args.cfg_scale, extractor=extractor,
+                         min_p=args.min_p, temperature=args.temperature, guidance_scale=args.cfg_scale, extractor=extractor,
                          extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=args.codes, real_images=args.real_images,
                          recon_items=args.recon_items, progress=not args.no_progress, predictor=predictor,
@@ -85,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=100, help="top-k sampling (default 100, the paper's)")
     p.add_argument("--no-top-k", action="store_true", help="sample from the full distribution (no top-k)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="min-p sampling: keep tokens at least this fraction as likely as the most likely one, in "
+                        "[0, 1] (default off)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale (1: none; other values need a transformer trained with "

@@ -69,7 +69,8 @@ def control_rows(c: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_markdown(res: dict[str, Any]) -> str:
     p = res["protocol"]
-    sampler = f"top-k {p['top_k']}, top-p {p['top_p']}, temperature {p['temperature']}"
+    sampler = f"top-k {p['top_k']}, top-p {p['top_p']}, " + (f"min-p {p['min_p']}, " if p.get("min_p") else "") + \
+        f"temperature {p['temperature']}"
     lp = p["lpips"] or "none"
     lines = [
         f"# Evaluation of `{p['model']}`", "",

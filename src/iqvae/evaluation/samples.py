@@ -37,7 +37,7 @@ class SampleSet:
 def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditions: int,
                  samples_per_condition: int, seed: int = 0, top_k: int | None = 100, top_p: float | None = None,
                  temperature: float = 1.0, batch_conditions: int = BATCH_CONDITIONS, progress: bool = False,
-                 guidance_scale: float = 1.0) -> SampleSet:
+                 guidance_scale: float = 1.0, min_p: float | None = None) -> SampleSet:
     from tqdm.auto import tqdm
 
     from ..viz import bar_options
@@ -51,7 +51,8 @@ def draw_samples(pipe: Any, dataset: PairDataset, cond_name: str, *, num_conditi
     for i in tqdm(range(0, num_conditions, batch_conditions), desc="sample", disable=not progress, **bar_options()):
         conds = torch.stack([s.cond[cond_name] for s in items[i:i + batch_conditions]])
         out.append(pipe(conds, num_images=samples_per_condition, top_k=top_k, top_p=top_p,
-                        temperature=temperature, generator=g, output_type="pt", guidance_scale=guidance_scale))
+                        temperature=temperature, generator=g, output_type="pt", guidance_scale=guidance_scale,
+                        min_p=min_p))
     return SampleSet(torch.cat(out), torch.stack([s.image for s in items]), [s.cond[cond_name] for s in items],
                      [s.meta for s in items], list(range(num_conditions)))
 
