@@ -62,7 +62,8 @@ def test_sampler_arguments_are_checked(tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "p")
     base = ["sample", "--model", str(tmp_path / "p"), "--world", "shapes", "--out", str(tmp_path / "g.png"), "-n", "2"]
     for extra, fragment in ((["--top-k", "-3"], "top_k"), (["--top-p", "1.5"], "top_p"),
-                            (["--min-p", "2"], "min_p"), (["--temperature", "0"], "temperature"), (["--index", "99"], "outside the test split")):
+                            (["--min-p", "2"], "min_p"), (["--temperature", "0"], "temperature"),
+                            (["--index", "99"], "outside the test split")):
         assert main(base + extra) == 2
         assert fragment in capsys.readouterr().err
     assert main(base + ["--top-p", "0.9", "--top-k", "0"]) == 0  # top-p alone works

@@ -5,8 +5,8 @@ The page: a condition-type selector; a drawing canvas for spatial conditions (se
 :func:`~iqvae.modalities.palette.label_palette` colours, with a legend; edge maps in white on black), a file upload (label-id
 or palette PNG, edge image, ``.safetensors`` tensor, ``.txt`` caption, ``.wav``) and a caption box for text models; an
 "example condition" button that loads the next test-split condition of the model's dataset; sliders for the number of
-samples, top-k, top-p, min-p, temperature and seed (and the classifier-free guidance scale, shown only for a model with a null
-condition); a Generate button, a gallery and a status line.  User errors (an empty
+samples, top-k, top-p, min-p, temperature and seed (and the classifier-free guidance scale, shown only for a model
+with a null condition); a Generate button, a gallery and a status line.  User errors (an empty
 caption, an image of the wrong mode, an upload over the size limit, ...) are shown in the status line; the app does not
 crash on them.
 

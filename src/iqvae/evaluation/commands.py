@@ -62,8 +62,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         extractor, source = predictor, f"the encoder of the {psource}"
     res = evaluate_model(args.model, split=args.split, conditions=args.conditions, samples=args.samples,
                          seed=args.seed, top_k=None if args.no_top_k else args.top_k, top_p=args.top_p,
-                         min_p=args.min_p, temperature=args.temperature, guidance_scale=args.cfg_scale, extractor=extractor,
-                         extractor_source=source, lpips=lpips,
+                         min_p=args.min_p, temperature=args.temperature, guidance_scale=args.cfg_scale,
+                         extractor=extractor, extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=args.codes, real_images=args.real_images,
                          recon_items=args.recon_items, progress=not args.no_progress, predictor=predictor,
                          predictor_source=psource)

@@ -130,9 +130,10 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
                    progress: bool = False, guidance_scale: float = 1.0, predictor: Any = None,
                    predictor_source: str = "", min_p: float | None = None) -> dict[str, Any]:
     """Every metric of the pipeline in ``model_dir``; see the module docstring.  ``extractor`` None: no FD.
-    ``guidance_scale``: classifier-free guidance of the sampler (1: none); ``min_p``: its min-p filter (None: off).  ``predictor``: the condition predictor
-    that judges controllability (:func:`iqvae.train.predictor.resolve_predictor`); None: the conditions it judges
-    are reported unavailable with ``predictor_source`` as the reason."""
+    ``guidance_scale``: classifier-free guidance of the sampler (1: none); ``min_p``: its min-p filter (None: off).
+    ``predictor``: the condition predictor that judges controllability
+    (:func:`iqvae.train.predictor.resolve_predictor`); None: the conditions it judges are reported unavailable with
+    ``predictor_source`` as the reason."""
     from ..data.config import build_dataset
     from ..machine import machine_info
     from ..metrics.tokenizer_report import reconstruction_metrics
@@ -202,7 +203,8 @@ def evaluate_model(model_dir: str | Path, *, split: str = "test", conditions: in
     protocol = {
         "model": str(model_dir), "dataset": data.dataset, "split": split, "condition": cond,
         "resolution": pipe.resolution, "conditions": c, "samples_per_condition": n, "seed": seed,
-        "top_k": top_k, "top_p": top_p, "min_p": min_p, "temperature": temperature, "guidance_scale": guidance_scale,
+        "top_k": top_k, "top_p": top_p, "min_p": min_p, "temperature": temperature,
+        "guidance_scale": guidance_scale,
         "reference_reals": m,
         "extractor": getattr(extractor, "name", None), "extractor_source": extractor_source,
         "predictor": getattr(predictor, "name", None), "predictor_source": predictor_source,
