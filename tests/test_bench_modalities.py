@@ -156,6 +156,8 @@ def test_bad_requests_fail_before_any_work(tmp_path, monkeypatch):
         run_modalities_bench(_args(tmp_path, set=[*TINY, "transformer.model.cfg_dropout=0"]))
     with pytest.raises(ConfigError, match="'quality.temperature' must be a number > 0"):
         run_modalities_bench(_args(tmp_path, set=[*TINY, "quality.temperature=0"]))
+    with pytest.raises(ConfigError, match=r"'quality.min_p' must be a number in \[0, 1\] or null, got 1.5"):
+        run_modalities_bench(_args(tmp_path, set=[*TINY, "quality.min_p=1.5"]))
     # a preset whose quality: section has an unknown key, and one without the section
     presets = tmp_path / "presets"
     presets.mkdir()
@@ -284,3 +286,26 @@ def test_an_interrupted_stage_resumes_and_its_evaluations_are_redone(bench, tmp_
     assert f"| {e['train_seconds']:.0f}* |" in row
     for k in METRICS:  # the resumed run restores the last checkpoint, which was the final step: same model
         assert e[k] == before[k]
+
+
+def test_min_p_is_evaluated_in_its_own_folder_and_reported(bench, tmp_path, capsys):
+    """quality.min_p reaches the sampler: the bench's numbers equal an independent `iqvae evaluate` with the same
+    min-p (and min-p 1, greedy, differs from the run without it); the no-min-p evaluations stay where they were."""
+    from iqvae.evaluation.evaluate import evaluate_model
+
+    plain = _eval(bench, "seg", S).read_bytes()
+    out = tmp_path / "minp"
+    capsys.readouterr()
+    over = [*TINY, "quality.min_p=1", "quality.guidance_sweep=[]"]
+    assert run_modalities_bench(_args(bench, conds="seg", resume=True, jobs=1, out=str(out), set=over)) == 0
+    assert "evaluating T=0.6 s=2 " in capsys.readouterr().out
+    assert _eval(bench, "seg", S).read_bytes() == plain
+    e = _read(out / "modalities.json")["seg"]
+    assert e["settings"]["min_p"] == 1 and e["eval"].endswith(f"eval-T{T:g}-s{S:g}-p1/metrics.json")
+    res = evaluate_model(bench / "runs" / "seg", conditions=3, samples=2, seed=0, top_k=100, temperature=T,
+                         guidance_scale=S, min_p=1.0, recon_items=4)
+    assert all(e[k] == res["metrics"]["shapes"]["samples"][k] for k in METRICS)
+    sampled = _read(_eval(bench, "seg", S))["metrics"]["shapes"]["samples"]
+    assert any(e[k] != sampled[k] for k in METRICS)  # greedy draws differ from the top-k draws: min-p was applied
+    row = next(line for line in (out / "modalities.md").read_text().splitlines() if line.startswith("| seg | "))
+    assert row.endswith(f"| {T:g} | {S:g} | 1 |")

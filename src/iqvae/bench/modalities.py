@@ -18,7 +18,7 @@ resumes from its last checkpoint)::
     <runs>/<cond>/{stage1, codes, stage2}            the tokenizer run, the token codes, the transformer run
     <runs>/<cond>/{tokenizer, transformer}           the pipeline (``iqvae sample --model <runs>/<cond>``)
     <runs>/<cond>/timings.json                       wall seconds of each training stage
-    <runs>/<cond>/eval-T<t>-s<s>/metrics.json        ``iqvae evaluate``'s files, one per (temperature, scale)
+    <runs>/<cond>/eval-T<t>-s<s>[-p<min_p>]/metrics.json  ``iqvae evaluate``'s files, one per (T, scale, min-p)
     <runs>/<cond>/samples.png                        the sample grid
 
 Outputs (``--out``): modalities.md / .json, modalities_<cond>.png, guidance.png (:mod:`.modalities_report`).
@@ -145,8 +145,8 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def eval_dir(run: Path, temperature: float, scale: float) -> Path:
-    return run / f"eval-T{temperature:g}-s{scale:g}"
+def eval_dir(run: Path, temperature: float, scale: float, min_p: float | None = None) -> Path:
+    return run / (f"eval-T{temperature:g}-s{scale:g}" + (f"-p{min_p:g}" if min_p else ""))
 
 
 def run_modality(plan: ModalityPlan) -> dict[str, Any]:
@@ -226,7 +226,8 @@ def _resume_threads(run_dir: Path, stage: str, cfg: Any, log) -> Any:
 
 def _request(q: QualitySettings, scale: float, weights: list[int]) -> dict[str, Any]:
     return {"conditions": q.conditions, "samples": q.samples, "seed": q.eval_seed, "top_k": q.top_k,
-            "temperature": q.temperature, "guidance_scale": scale, "recon_items": q.recon_items, "weights": weights}
+            "temperature": q.temperature, "guidance_scale": scale, "recon_items": q.recon_items, "weights": weights,
+            **({"min_p": q.min_p} if q.min_p else {})}
 
 
 def _evaluate(plan: ModalityPlan, d: Path, codes: Path, scale: float, weights: list[int], log) -> Path:
@@ -237,7 +238,7 @@ def _evaluate(plan: ModalityPlan, d: Path, codes: Path, scale: float, weights: l
     from ..train.common import write_json
 
     q = plan.quality
-    out = eval_dir(d, q.temperature, scale)
+    out = eval_dir(d, q.temperature, scale, q.min_p)
     want = _request(q, scale, weights)
     if (out / "metrics.json").is_file() and _read_json(out / "request.json") == want:
         log(f"evaluation T={q.temperature:g} s={scale:g} reused")
@@ -245,7 +246,8 @@ def _evaluate(plan: ModalityPlan, d: Path, codes: Path, scale: float, weights: l
     log(f"evaluating T={q.temperature:g} s={scale:g} on {q.conditions} test conditions x {q.samples}")
     t0 = time.perf_counter()
     res = evaluate_model(d, split="test", conditions=q.conditions, samples=q.samples, seed=q.eval_seed,
-                         top_k=q.top_k, temperature=q.temperature, guidance_scale=scale, extractor=None,
+                         top_k=q.top_k, min_p=q.min_p, temperature=q.temperature, guidance_scale=scale,
+                         extractor=None,
                          extractor_source="not computed: `iqvae bench modalities` reports the Shapes world's exact "
                                           "metrics only", codes=str(codes), recon_items=q.recon_items,
                          progress=plan.progress)
@@ -276,8 +278,8 @@ def _grid(plan: ModalityPlan, d: Path, weights: list[int], log) -> Path:
     data = pipe.tokenizer.data_config
     drawn, shown = grid_rows(q)
     s = draw_samples(pipe, build_dataset(data, "test"), data.cond, num_conditions=drawn,
-                     samples_per_condition=q.samples, seed=q.eval_seed, top_k=q.top_k, temperature=q.temperature,
-                     guidance_scale=q.cfg_scale)
+                     samples_per_condition=q.samples, seed=q.eval_seed, top_k=q.top_k, min_p=q.min_p,
+                     temperature=q.temperature, guidance_scale=q.cfg_scale)
     rows, labels = [], []
     for i in range(min(shown, s.images.shape[0])):
         imgs = to_pil(s.images[i])

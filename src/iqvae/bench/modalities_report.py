@@ -47,6 +47,7 @@ def modality_entry(plan: Any, result: dict[str, Any], info: dict[str, Any]) -> d
         "preset": plan.preset,
         "additions": [f"tokenizer.{a}" for a in additions(tok)] + [f"transformer.{a}" for a in additions(gpt)],
         "temperature": q.temperature, "cfg_scale": q.cfg_scale, "guidance_sweep": sweep, "top_k": p["top_k"],
+        "min_p": p.get("min_p"),
         "conditions": p["conditions"], "samples": p["samples_per_condition"], "eval_seed": p["seed"],
         "split": p["split"], "resolution": p["resolution"],
         "tokenizer": {"steps": tok.train.steps, "batch_size": tok.train.batch_size, "lr": tok.train.lr,
@@ -76,6 +77,10 @@ def cell(cond: str, key: str, value: float | None) -> str:
     if bar is None:
         return f"({v})"
     return f"{v} ≥ {bar:g} {'✓' if meets(value, bar) else '✗'}"
+
+
+def _min_p(v: float | None) -> str:
+    return "–" if not v else f"{v:g}"
 
 
 def _secs(v: float | None) -> str:
@@ -116,8 +121,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         f"{m.get('cuda') or 'none'}, torch {m.get('torch')}; {info['jobs']} worker(s) × {info['threads']} torch "
         f"thread(s); wall time {info['wall_seconds'] / 60:.1f} min." + invocations_sentence(
             info.get("invocations") or []), "",
-        "| condition | " + " | ".join(TITLES[k] for k in METRICS) + " | bar met | train s | T | s |",
-        "|---" * (len(METRICS) + 5) + "|",
+        "| condition | " + " | ".join(TITLES[k] for k in METRICS) + " | bar met | train s | T | s | min-p |",
+        "|---" * (len(METRICS) + 6) + "|",
     ]
     resumed = False
     for cond, e in entries.items():
@@ -125,7 +130,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         resumed = resumed or bool(star)
         lines.append(f"| {cond} | " + " | ".join(cell(cond, k, e[k]) for k in METRICS)
                      + f" | {'✓' if e['meets_bar'] else '✗'} | {_secs(e['train_seconds'])}{star} | "
-                     f"{e['settings']['temperature']:g} | {e['settings']['cfg_scale']:g} |")
+                     f"{e['settings']['temperature']:g} | {e['settings']['cfg_scale']:g} | "
+                     f"{_min_p(e['settings'].get('min_p'))} |")
     lines += [
         "",
         "A cell reads: measured value ≥ bar, ✓ met or ✗ missed. A value in parentheses has no bar: the metric does not "

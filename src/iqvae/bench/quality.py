@@ -54,6 +54,8 @@ class QualitySettings:
     samples: int = opt(8, "samples per condition")
     eval_seed: int = opt(0, "sampling seed of the evaluation")
     top_k: int | None = opt(100, "top-k of the sampler (null: none)")
+    min_p: float | None = opt(None, "min-p of the sampler, after top-k: keep a token at least min_p times as likely "
+                                    "as the most likely one (null: none)")
     recon_items: int = opt(256, "test items for the evaluation's reconstruction metrics")
     grid_conditions: int = opt(8, "conditions (rows) of the sample grid modalities_<cond>.png")
 
@@ -64,6 +66,8 @@ class QualitySettings:
         check_bounds(self, ("cfg_scale",), where=w)
         if self.top_k is not None:
             check_bounds(self, ("top_k",), low=1, integer=True, where=w)
+        if self.min_p is not None and not (math.isfinite(self.min_p) and 0 <= self.min_p <= 1):
+            raise ConfigError(f"option 'quality.min_p' must be a number in [0, 1] or null, got {self.min_p!r}")
         for i, s in enumerate(self.guidance_sweep):
             if not (math.isfinite(s) and s >= 0):
                 raise ConfigError(f"option 'quality.guidance_sweep[{i}]' must be a number >= 0, got {s!r}")
