@@ -39,7 +39,7 @@ def modality_entry(plan: Any, result: dict[str, Any], info: dict[str, Any]) -> d
     t = result["timings"]
     stage_seconds = {s: t[s]["seconds"] for s in STAGES if s in t}
     sweep = list(dict.fromkeys(q.guidance_sweep))
-    guidance = [{"cfg_scale": s, "temperature": q.temperature, **_metrics(result["evals"][str(s)]),
+    guidance = [{"cfg_scale": s, "temperature": q.temperature, "min_p": q.min_p, **_metrics(result["evals"][str(s)]),
                  "eval": result["evals"][str(s)]} for s in sweep]
     p = main["protocol"]
     tok, gpt = plan.tok, plan.gpt
@@ -116,7 +116,7 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         f"Shapes world at {'/'.join(map(str, res))} px. Each condition's preset (`{info['preset_prefix']}-<cond>`) is "
         "trained end to end (tokenizer, token codes, transformer) and evaluated by the code of `iqvae evaluate` on "
         + (next(iter(protocols)) if len(protocols) == 1 else "the test conditions of its preset (settings below)")
-        + " at the temperature T and guidance scale s of its preset.", "",
+        + " at the temperature T, guidance scale s and min-p (– : none) of its preset.", "",
         f"Written by `{info['command']}` on commit {m.get('commit')}: {info['cpu_count']} CPU core(s), GPU "
         f"{m.get('cuda') or 'none'}, torch {m.get('torch')}; {info['jobs']} worker(s) × {info['threads']} torch "
         f"thread(s); wall time {info['wall_seconds'] / 60:.1f} min." + invocations_sentence(
@@ -170,11 +170,11 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         lines += ["", "## Guidance: fidelity against diversity", ""]
         if guidance_png:
             lines += ["![fidelity against diversity over the guidance scale](guidance.png)", ""]
-        lines += ["| condition | s | T | " + " | ".join(TITLES[k] for k in METRICS) + " |",
-                  "|---" * (len(METRICS) + 3) + "|"]
+        lines += ["| condition | s | T | min-p | " + " | ".join(TITLES[k] for k in METRICS) + " |",
+                  "|---" * (len(METRICS) + 4) + "|"]
         for cond, e in swept.items():
             for g in e["guidance"]:
-                lines.append(f"| {cond} | {g['cfg_scale']:g} | {g['temperature']:g} | "
+                lines.append(f"| {cond} | {g['cfg_scale']:g} | {g['temperature']:g} | {_min_p(g.get('min_p'))} | "
                              + " | ".join("n/a" if g[k] is None else f"{g[k]:.3f}" for k in METRICS) + " |")
         lines += ["", "Fidelity is palette accuracy for spatial conditions and scene accuracy for text and audio; "
                       "diversity is mode coverage (scene mode coverage for text and audio). s = 1 is unguided sampling."]
@@ -182,7 +182,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
     for cond, e in entries.items():
         st = e["settings"]
         lines += [f"`{cond}`: the first {e['grid_rows']} test conditions (condition, then {st['samples']} samples at "
-                  f"T = {st['temperature']:g}, s = {st['cfg_scale']:g}; the evaluation's own draws)", "",
+                  f"T = {st['temperature']:g}, s = {st['cfg_scale']:g}"
+                  + (f", min-p {st['min_p']:g}" if st.get("min_p") else "") + "; the evaluation's own draws)", "",
                   f"![{cond} samples]({e['grid']})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
