@@ -38,6 +38,7 @@ def test_help_lists_every_training_option(capsys):
     (["encode", "--tokenizer", "/nonexistent", "--out", "X"], "not a checkpoint folder"),
     (["sample", "--model", "/nonexistent", "--world", "shapes", "--out", "x.png"], "not a pipeline folder"),
     (["demo", "--conds", "seg,smell"], "unknown condition modality 'smell'"),
+    (["demo", "--min-p", "2"], "--min-p must be in [0, 1] (0: off), got 2.0"),
 ])
 def test_bad_input_is_a_clear_error(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -129,7 +130,8 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
 
     for cond in ("seg", "edge", "keypoints"):  # sampled with the quality-<cond> preset's temperature and guidance scale
         q = quality_settings(f"quality-{cond}")
-        assert (metrics[cond]["temperature"], metrics[cond]["cfg_scale"]) == (q.temperature, q.cfg_scale)
+        assert (metrics[cond]["temperature"], metrics[cond]["cfg_scale"], metrics[cond]["min_p"]) == (
+            q.temperature, q.cfg_scale, q.min_p)
         marks = metrics[cond]["bars"]
         assert [b["metric"] for b in marks] == list(QUALITY_BARS[cond])
         for b in marks:
@@ -140,7 +142,8 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
         pipe = IQVAEPipeline.from_pretrained(out / cond)
         test = build_dataset(pipe.tokenizer.data_config, "test")
         s = draw_samples(pipe, test, cond, num_conditions=3, samples_per_condition=3, seed=0,
-                         temperature=metrics[cond]["temperature"], guidance_scale=metrics[cond]["cfg_scale"])
+                         temperature=metrics[cond]["temperature"], guidance_scale=metrics[cond]["cfg_scale"],
+                         min_p=metrics[cond]["min_p"])
         again = shapes_metrics(s, [test[i].cond["seg"] for i in s.indices])
         for k, v in again.items():
             assert metrics[cond]["metrics"][k] == pytest.approx(v, abs=1e-9), (cond, k)

@@ -70,14 +70,19 @@ def run_pipeline_for(cond: str, root: Path, *, preset: str, fresh: bool, progres
     return {"dir": d, "timings": timings, "tok_cfg": tok_cfg, "gpt_cfg": gpt_cfg, "preset": preset}
 
 
-def sampling_settings(cond: str, temperature: float | None = None, cfg_scale: float | None = None) -> dict[str, float]:
-    """How the demo samples ``cond``: the temperature and guidance scale of its ``quality-<cond>`` preset (issue 14's
-    bar settings, :mod:`iqvae.bench.quality`) unless given."""
+def sampling_settings(cond: str, temperature: float | None = None, cfg_scale: float | None = None,
+                      min_p: float | None = None) -> dict[str, float | None]:
+    """How the demo samples ``cond``: the temperature, guidance scale and min-p of its ``quality-<cond>`` preset
+    (issue 14's bar settings, :mod:`iqvae.bench.quality`) unless given (``min_p`` 0: off)."""
     from .bench.quality import quality_settings
+    from .errors import IQVAEError
 
+    if min_p is not None and not (0 <= min_p <= 1):
+        raise IQVAEError(f"--min-p must be in [0, 1] (0: off), got {min_p!r}")
     q = quality_settings(f"quality-{cond}")
     return {"temperature": q.temperature if temperature is None else temperature,
-            "cfg_scale": q.cfg_scale if cfg_scale is None else cfg_scale}
+            "cfg_scale": q.cfg_scale if cfg_scale is None else cfg_scale,
+            "min_p": q.min_p if min_p is None else (min_p or None)}
 
 
 def bar_marks(cond: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,7 +95,7 @@ def bar_marks(cond: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed: int, progress: bool,
-                  temperature: float = 1.0, cfg_scale: float = 1.0) -> dict[str, Any]:
+                  temperature: float = 1.0, cfg_scale: float = 1.0, min_p: float | None = None) -> dict[str, Any]:
     import torch
 
     from .data.config import build_dataset
@@ -102,12 +107,13 @@ def evaluate_demo(cond: str, d: Path, *, num_conditions: int, samples: int, seed
     test = build_dataset(data, "test")
     t0 = time.perf_counter()
     s = draw_samples(pipe, test, cond, num_conditions=num_conditions, samples_per_condition=samples, seed=seed,
-                     progress=progress, temperature=temperature, guidance_scale=cfg_scale)
+                     progress=progress, temperature=temperature, guidance_scale=cfg_scale, min_p=min_p)
     sample_seconds = time.perf_counter() - t0
     seg = [test[i].cond["seg"] for i in s.indices]
     metrics = shapes_metrics(s, seg)
     metrics["sample_seconds_per_image"] = sample_seconds / (s.images.shape[0] * s.images.shape[1])
     return {"metrics": metrics, "bars": bar_marks(cond, metrics), "temperature": temperature, "cfg_scale": cfg_scale,
+            "min_p": min_p,
             "samples": s, "spec": pipe.cond_spec, "resolution": pipe.resolution,
             "captions": [test[i].extra.get("caption") for i in s.indices], "torch": torch.__version__}
 
@@ -130,7 +136,7 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         ev = r["eval"]
         m = ev["metrics"]
         t = r["timings"]
-        summary_rows.append([cond, r.get("preset", ""), ev["temperature"], ev["cfg_scale"],
+        summary_rows.append([cond, r.get("preset", ""), ev["temperature"], ev["cfg_scale"], ev["min_p"] or "–",
                              "; ".join(_mark(b) for b in ev["bars"]),
                              t.get("tokenizer", 0.0), t.get("transformer", 0.0)])
         s = ev["samples"]
@@ -145,7 +151,8 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
             sec.text = "Captions: " + "; ".join(f"<b>test[{s.indices[i]}]</b> “{ev['captions'][i]}”"
                                                 for i in range(min(6, len(ev["captions"]))))
         sec.images.append((f"condition | real image | samples (top-k 100, T = {ev['temperature']:g}, "
-                           f"guidance s = {ev['cfg_scale']:g})", grid_image(rows, labels=labels)))
+                           f"guidance s = {ev['cfg_scale']:g}" + (f", min-p {ev['min_p']:g}" if ev["min_p"] else "")
+                           + ")", grid_image(rows, labels=labels)))
         d = r["dir"]
         for name, path, keys in (("tokenizer", d / "stage1" / "tokenizer.csv", None),
                                  ("transformer", d / "stage2" / "transformer.csv", ["loss"])):
@@ -161,7 +168,7 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
         sec.tables.append(("time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in t.items()]))
         sections.append(sec)
     head = Section("Summary")
-    head.tables.append(("", ["condition", "preset", "T", "guidance s", "metric: value (bar)", "tokenizer s",
+    head.tables.append(("", ["condition", "preset", "T", "guidance s", "min-p", "metric: value (bar)", "tokenizer s",
                              "transformer s"], summary_rows))
     info = machine_info()
     head.text = (f"Total wall time {total_seconds:.0f} s on {info['cpu_count']} CPU core(s), torch {info['torch']}, "
@@ -171,7 +178,8 @@ def build_report(root: Path, results: dict[str, dict[str, Any]], total_seconds: 
                  "colour in their 3 x 3 cell; mode coverage: share of each object's allowed colours seen among a "
                  "condition's samples. The bars are issue 14's quality bars, set for the larger quality-&lt;cond&gt; "
                  "presets (<code>iqvae bench modalities</code>, results/modalities.md); the demo samples with their "
-                 "temperature and guidance scale but trains smaller models for fewer steps, so it can fall short.")
+                 "temperature, guidance scale and min-p but trains smaller models for fewer steps, so it can fall "
+                 "short.")
     return write_html(root / "report.html", "IQ-VAE demo on the Shapes world", [head, *sections],
                       intro="Generated by <code>iqvae demo</code>. Everything in this file is inline; no network needed.")
 
@@ -254,7 +262,8 @@ def run_demo(args: argparse.Namespace) -> int:
     except OSError as e:
         raise IQVAEError(f"--out {root}: cannot create the folder ({e.strerror})") from None
     preset = "demo-quick" if args.quick else "demo"
-    sampling = {c: sampling_settings(c, args.temperature, args.cfg_scale) for c in conds}  # errors before training
+    sampling = {c: sampling_settings(c, args.temperature, args.cfg_scale, args.min_p)
+                for c in conds}  # errors before training
     say = tqdm.write
     t0 = time.perf_counter()
     threads = [f"tokenizer.train.threads={args.threads}", f"transformer.train.threads={args.threads}"] if args.threads else []
@@ -285,7 +294,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print("\nIQ-VAE demo finished in {:.0f} s".format(time.perf_counter() - t0))
     for cond, r in results.items():
         marks = "  ".join(_mark(b) for b in r["eval"]["bars"])
-        print(f"  {cond:9s} T {sampling[cond]['temperature']:g} s {sampling[cond]['cfg_scale']:g}  {marks}   "
+        mp = sampling[cond]["min_p"]
+        print(f"  {cond:9s} T {sampling[cond]['temperature']:g} s {sampling[cond]['cfg_scale']:g}"
+              + (f" min-p {mp:g}" if mp else "") + f"  {marks}   "
               f"model: {r['dir']}")
     print(f"report: {report.resolve()}")
     print(f"web demo: iqvae serve --model {root}")
@@ -302,10 +313,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8, help="samples per condition")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature (default: each condition's quality-<cond> preset: 0.6, text and audio 1)")
+                   help="sampling temperature (default: each condition's quality-<cond> preset; `iqvae presets` "
+                        "shows them)")
     p.add_argument("--cfg-scale", type=float, default=None,
-                   help="classifier-free guidance scale (default: each condition's quality-<cond> preset: seg 1, "
-                        "the others 2)")
+                   help="classifier-free guidance scale (default: each condition's quality-<cond> preset)")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="min-p filter of the sampler, in [0, 1], 0: off (default: each condition's quality-<cond> "
+                        "preset; none unless it sets one)")
     p.add_argument("--sequential", action="store_true", help="train the conditions one after another in this process")
     p.add_argument("--threads", type=int, default=None, help="torch threads per training process")
     p.add_argument("--train-only", action="store_true", help="only train (used by the parallel training processes)")
