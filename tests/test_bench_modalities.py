@@ -281,6 +281,9 @@ def test_an_interrupted_stage_resumes_and_its_evaluations_are_redone(bench, tmp_
     # it resumed with the thread count the run was started with (two workers' share), not this session's
     timings = _read(bench / "runs" / "seg" / "timings.json")
     assert timings["transformer"]["threads"] == timings["tokenizer"]["threads"]
+    stages = e["train_stage_seconds"]
+    assert e["settings"]["train_threads"] == {k: v["threads"] for k, v in timings.items() if k in stages}
+    assert "(1 thread(s))" in (out / "modalities.md").read_text()  # trained by 2 workers, reported by a 1-worker run
     assert e["train_stage_seconds"]["tokenizer"] == before["train_stage_seconds"]["tokenizer"]
     row = next(line for line in (out / "modalities.md").read_text().splitlines() if line.startswith("| seg | "))
     assert f"| {e['train_seconds']:.0f}* |" in row

@@ -54,7 +54,9 @@ def modality_entry(plan: Any, result: dict[str, Any], info: dict[str, Any]) -> d
                       "train_size": tok.data.train_size},
         "transformer": {"steps": gpt.train.steps, "batch_size": gpt.train.batch_size, "lr": gpt.train.lr,
                         "n_layer": gpt.model.n_layer, "n_embd": gpt.model.n_embd, "cfg_dropout": gpt.model.cfg_dropout},
-        "threads": plan.threads, "jobs": info["jobs"], "set": info["set"], "commit": info["machine"].get("commit"),
+        # the threads each stage trained with (timings.json): a --resume invocation with another --jobs reuses them
+        "threads": plan.threads, "train_threads": {s: t[s].get("threads") for s in STAGES if s in t},
+        "jobs": info["jobs"], "set": info["set"], "commit": info["machine"].get("commit"),
         "machine": info["machine"],
     }
     per_image = main["metrics"]["shapes"].get("samples", {}).get("mask_miou_per_image")
@@ -159,6 +161,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
             f"{s['eval_seed']} | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g} | "
             f"{gpt['steps']} steps × {gpt['batch_size']}, lr {gpt['lr']:g}, GPT {gpt['n_layer']} × {gpt['n_embd']}, "
             f"cfg_dropout {gpt['cfg_dropout']:g} | " + " / ".join(_secs(ts.get(k)) for k in STAGES)
+            + "".join(f" ({n} thread(s))" for n in {v for v in s.get("train_threads", {}).values() if v is not None}
+                      if n != info["threads"])
             + " | " + (", ".join(f"`{a}`" for a in s["additions"]) or "none") + " |")
     lines += ["", "Our additions: options that add to the paper's model (docs/design.md, \"Options: the paper's and "
                   "ours\"); the `paper` preset uses none of them. `cond_cell_head=spatial` acts on seg, edge, "
