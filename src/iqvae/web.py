@@ -436,7 +436,7 @@ def _output_column(gr: Any, max_k: int, guided: bool) -> dict[str, Any]:
     ui["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)", elem_id="iqvae-top-p")
     ui["min_p"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="min-p (0 = off)", elem_id="iqvae-min-p")
     ui["temperature"] = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="iqvae-temperature")
-    ui["cfg_scale"] = gr.Slider(0.0, 5.0, value=1.0, step=0.1, label="Guidance scale (classifier-free; 1 = off)",
+    ui["cfg_scale"] = gr.Slider(0.0, 8.0, value=1.0, step=0.1, label="Guidance scale (classifier-free; 1 = off)",
                                 visible=guided, elem_id="iqvae-cfg-scale")
     ui["seed"] = gr.Slider(0, 99999, value=0, step=1, label="Seed", elem_id="iqvae-seed")
     ui["generate_btn"] = gr.Button("Generate", variant="primary", elem_id="iqvae-generate")
