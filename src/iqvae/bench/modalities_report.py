@@ -161,8 +161,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
             f"{s['eval_seed']} | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g} | "
             f"{gpt['steps']} steps × {gpt['batch_size']}, lr {gpt['lr']:g}, GPT {gpt['n_layer']} × {gpt['n_embd']}, "
             f"cfg_dropout {gpt['cfg_dropout']:g} | " + " / ".join(_secs(ts.get(k)) for k in STAGES)
-            + "".join(f" ({n} thread(s))" for n in {v for v in s.get("train_threads", {}).values() if v is not None}
-                      if n != info["threads"])
+            + "".join(f" ({n} thread(s))" for n in sorted(set(s.get("train_threads", {}).values())
+                                                                  - {None, info["threads"]}))
             + " | " + (", ".join(f"`{a}`" for a in s["additions"]) or "none") + " |")
     lines += ["", "Our additions: options that add to the paper's model (docs/design.md, \"Options: the paper's and "
                   "ours\"); the `paper` preset uses none of them. `cond_cell_head=spatial` acts on seg, edge, "
