@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 
-from iqvae.bench.modalities import make_plan, run_modalities_bench, schedule
+from iqvae.bench.modalities import make_plan, pinned_threads, run_modalities_bench, schedule
 from iqvae.bench.modalities_report import cell
 from iqvae.bench.quality import METRICS, QUALITY_BARS, QualitySettings, grid_rows, quality_settings
 from iqvae.errors import ConfigError, IQVAEError
@@ -203,8 +203,12 @@ def test_a_set_train_threads_wins_over_the_workers_share(tmp_path):
     plan = make_plan("seg", "quality", over, tmp_path, 2, False)
     assert plan.tok.train.threads == plan.gpt.train.threads == 2
     mine = {**over, "tokenizer": ["train.threads=1"], "transformer": ["train.threads=3"]}
+    plain = plan
     plan = make_plan("seg", "quality", mine, tmp_path, 2, False)
     assert (plan.tok.train.threads, plan.gpt.train.threads) == (1, 3)
+    # the plan line names the pinned stages, and none where every stage takes the workers' share
+    assert pinned_threads([plan], 2) == ["tokenizer 1", "transformer 3"]
+    assert pinned_threads([plain], 2) == []
 
 
 def test_slowest_conditions_go_first(tmp_path):

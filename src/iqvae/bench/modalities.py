@@ -291,6 +291,12 @@ def _grid(plan: ModalityPlan, d: Path, weights: list[int], log) -> Path:
     return path
 
 
+def pinned_threads(plans: list[ModalityPlan], threads: int) -> list[str]:
+    """'STAGE N' for each stage whose train.threads a --set made differ from the workers' share (for the plan line)."""
+    return sorted({f"{stage} {cfg.train.threads}" for p in plans
+                   for stage, cfg in (("tokenizer", p.tok), ("transformer", p.gpt)) if cfg.train.threads != threads})
+
+
 def run_modalities_bench(args: argparse.Namespace) -> int:
     from ..machine import machine_info
     from .modalities_report import write_outputs
@@ -317,7 +323,9 @@ def run_modalities_bench(args: argparse.Namespace) -> int:
                              "stages and evaluations (an interrupted stage resumes), or delete them")
     previous = _read_json(out / "modalities.json")
     order = schedule(plans, previous)
-    say(f"{len(order)} condition(s) on {workers} worker(s) x {threads} torch thread(s), slowest first: "
+    pinned = pinned_threads(plans, threads)
+    say(f"{len(order)} condition(s) on {workers} worker(s) x {threads} torch thread(s)"
+        + (f" (--set: {', '.join(pinned)} thread(s) in training)" if pinned else "") + ", slowest first: "
         + ", ".join(f"{p.cond} (~{_duration(estimated_seconds(p, previous))})" for p in order))
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
