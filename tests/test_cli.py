@@ -38,7 +38,14 @@ def test_help_lists_every_training_option(capsys):
     (["encode", "--tokenizer", "/nonexistent", "--out", "X"], "not a checkpoint folder"),
     (["sample", "--model", "/nonexistent", "--world", "shapes", "--out", "x.png"], "not a pipeline folder"),
     (["demo", "--conds", "seg,smell"], "unknown condition modality 'smell'"),
-    (["demo", "--min-p", "2"], "--min-p must be in [0, 1] (0: off), got 2.0"),
+    (["demo", "--min-p", "2"], "--min-p must be in [0, 1] (0 to disable), got 2.0"),
+    (["demo", "--temperature", "0"], "--temperature must be a number > 0, got 0.0"),
+    # `iqvae evaluate` shares `iqvae sample`'s sampler flags and their checks (before the model is read)
+    (["evaluate", "--model", "/nonexistent", "--top-k", "-3"],
+     "--top-k must be an integer >= 1 (or 0 / --no-top-k to disable), got -3"),
+    (["evaluate", "--model", "/nonexistent", "--top-p", "0"], "--top-p must be in (0, 1] (or omitted to disable)"),
+    (["evaluate", "--model", "/nonexistent", "--min-p", "-1"], "--min-p must be in [0, 1] (0 or omitted to disable)"),
+    (["evaluate", "--model", "/nonexistent", "--no-top-k", "--top-k", "0"], "--model '/nonexistent' is not a folder"),
 ])
 def test_bad_input_is_a_clear_error(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -62,12 +69,17 @@ def test_sampler_arguments_are_checked(tmp_path, capsys):
                                             n_embd=8)))
     pipe.save_pretrained(tmp_path / "p")
     base = ["sample", "--model", str(tmp_path / "p"), "--world", "shapes", "--out", str(tmp_path / "g.png"), "-n", "2"]
-    for extra, fragment in ((["--top-k", "-3"], "top_k"), (["--top-p", "1.5"], "top_p"),
-                            (["--min-p", "2"], "min_p"), (["--temperature", "0"], "temperature"),
+    for extra, fragment in ((["--top-k", "-3"], "--top-k must be"), (["--top-p", "1.5"], "--top-p must be"),
+                            (["--min-p", "2"], "--min-p must be"), (["--temperature", "0"], "--temperature must be"),
                             (["--index", "99"], "outside the test split")):
         assert main(base + extra) == 2
         assert fragment in capsys.readouterr().err
     assert main(base + ["--top-p", "0.9", "--top-k", "0"]) == 0  # top-p alone works
+    one = (tmp_path / "g.png").read_bytes()
+    assert main(base + ["--top-p", "0.9", "--no-top-k"]) == 0  # the other spelling of no top-k: the same samples
+    assert (tmp_path / "g.png").read_bytes() == one
+    assert main(base + ["--top-p", "0.9"]) == 0  # top-k 100 > the 8 codes: filters nothing, so the same samples too
+    assert (tmp_path / "g.png").read_bytes() == one
     assert main(base + ["--min-p", "0.2"]) == 0
     assert (tmp_path / "g.png").stat().st_size > 0
 

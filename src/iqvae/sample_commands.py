@@ -26,10 +26,12 @@ def run_sample(args: argparse.Namespace) -> int:
     from .data.config import build_dataset
     from .errors import IQVAEError
     from .pipeline import IQVAEPipeline
+    from .sampler_flags import sampler_settings
     from .viz import save_image_grid
 
     if args.n < 1:
         raise IQVAEError(f"-n must be at least 1, got {args.n}")
+    sampler = sampler_settings(args)  # before the model loads
     pipe = IQVAEPipeline.from_pretrained(args.model, device=args.device)
     spec = pipe.cond_spec
     conds, labels = [], []
@@ -50,8 +52,7 @@ def run_sample(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     rows = []
     for c in conds:
-        imgs = pipe(c, num_images=args.n, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                    generator=g, guidance_scale=args.cfg_scale, min_p=args.min_p)[0]
+        imgs = pipe(c, num_images=args.n, generator=g, **sampler)[0]
         rows.append([condition_preview(c, spec, pipe.resolution).resize(imgs[0].size)] + imgs)
         cap = caption_of(c, spec)
         if cap:
@@ -62,6 +63,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .sampler_flags import add_sampler_flags
+
     p = sub.add_parser("sample", help="sample images for conditions from a trained pipeline folder")
     p.add_argument("--model", required=True, help="pipeline folder with tokenizer/ and transformer/")
     src = p.add_mutually_exclusive_group(required=True)
@@ -70,15 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, action="append", default=None, help="item index (with --world); repeatable")
     p.add_argument("--split", default="test", help="split for --world (default test)")
     p.add_argument("-n", type=int, default=8, help="samples per condition")
-    p.add_argument("--top-k", type=int, default=100, help="top-k sampling (paper: 100); 0 disables")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
-    p.add_argument("--min-p", type=float, default=None,
-                   help="min-p sampling: keep tokens at least this fraction as likely as the most likely one, in "
-                        "[0, 1] (default off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    p.add_argument("--cfg-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale s: sample from l_u + s (l_c - l_u) (1: no guidance, the "
-                        "default; other values need a transformer trained with model.cfg_dropout > 0)")
+    add_sampler_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--out", required=True, help="output PNG")
@@ -86,8 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         if args.world and not args.index:
             args.index = [0]
-        if args.top_k == 0:
-            args.top_k = None
         return run_sample(args)
 
     p.set_defaults(func=run)

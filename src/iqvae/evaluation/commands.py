@@ -27,14 +27,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from ..metrics.extractor import resolve_extractor
     from ..pipeline import IQVAEPipeline
-    from ..sampling import check_guidance, validate_sampling_args
+    from ..sampler_flags import sampler_settings
+    from ..sampling import check_guidance
     from ..train.predictor import PredictorRecipe, resolve_predictor
     from .evaluate import evaluate_model
     from .results import metric_rows, write_results
 
-    if args.top_k is not None and args.top_k < 1:
-        raise IQVAEError(f"--top-k must be at least 1 (or omitted with --no-top-k); got {args.top_k}")
-    validate_sampling_args(None if args.no_top_k else args.top_k, args.top_p, args.temperature, args.min_p)
+    sampler = sampler_settings(args)
     if args.extractor_steps < 1:
         raise IQVAEError(f"--extractor-steps must be at least 1; got {args.extractor_steps}")
     if args.predictor_steps < 1:
@@ -61,8 +60,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if extractor is None and predictor is not None:  # any dataset: FD in the predictor's feature space
         extractor, source = predictor, f"the encoder of the {psource}"
     res = evaluate_model(args.model, split=args.split, conditions=args.conditions, samples=args.samples,
-                         seed=args.seed, top_k=None if args.no_top_k else args.top_k, top_p=args.top_p,
-                         min_p=args.min_p, temperature=args.temperature, guidance_scale=args.cfg_scale,
+                         seed=args.seed, **sampler,
                          extractor=extractor, extractor_source=source, lpips=lpips,
                          lpips_reason=lpips_reason, codes=args.codes, real_images=args.real_images,
                          recon_items=args.recon_items, progress=not args.no_progress, predictor=predictor,
@@ -76,6 +74,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..sampler_flags import add_sampler_flags
+
     p = sub.add_parser("evaluate", help="FD/KD, SWD, LPIPS diversity, NLL, reconstruction, controllability and "
                                         "Shapes metrics of a pipeline; writes metrics.json and metrics.md")
     p.add_argument("--model", required=True, help="pipeline folder (tokenizer/ + transformer/)")
@@ -83,16 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conditions", type=int, default=16, help="first N items of the split are the conditions")
     p.add_argument("--samples", type=int, default=8, help="samples per condition")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (also KD subsets, SWD)")
-    p.add_argument("--top-k", type=int, default=100, help="top-k sampling (default 100, the paper's)")
-    p.add_argument("--no-top-k", action="store_true", help="sample from the full distribution (no top-k)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
-    p.add_argument("--min-p", type=float, default=None,
-                   help="min-p sampling: keep tokens at least this fraction as likely as the most likely one, in "
-                        "[0, 1] (default off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--cfg-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale (1: none; other values need a transformer trained with "
-                        "model.cfg_dropout > 0)")
+    add_sampler_flags(p)
     p.add_argument("--extractor", default=None,
                    help="feature network folder (`iqvae train-extractor`) for FD/KD (default: on the Shapes world its "
                         "cached classifier, elsewhere the condition predictor's encoder)")
