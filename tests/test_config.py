@@ -187,14 +187,14 @@ def test_paper_preset_uses_none_of_our_additions_and_small_lists_its_own():
     small_tok, small_gpt = _stage_additions("small")
     assert _stage_additions("demo") == (small_tok, [*small_gpt, "model.cfg_dropout=0.1"])  # + guidance
     assert _stage_additions("demo-quick") == ([], ["model.cfg_dropout=0.1"])
-    for cond in ("seg", "layout", "audio"):
+    for cond in ("seg", "audio"):
         assert _stage_additions(f"quality-{cond}") == _stage_additions("demo")
     demo_tok, demo_gpt = _stage_additions("demo")
     # text: the transformer reads the caption's words (no 16 x 16 condition map, so no aligned condition token)
     assert _stage_additions("quality-text") == ([*demo_tok, "model.transformer_cond=input"],
                                                 [a for a in demo_gpt if a != "model.cond_align"])
     bins = "model.cond_cell_target=colour_bins"  # the condition codes that name the class an outline implies
-    for preset in ("quality-edge", "quality-keypoints", "demo-edge", "demo-keypoints"):
+    for preset in ("quality-edge", "quality-keypoints", "quality-layout", "demo-edge", "demo-keypoints"):
         assert _stage_additions(preset) == ([*demo_tok, bins], demo_gpt)
     assert _stage_additions("demo-text") == _stage_additions("quality-text")
 
