@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("codes",),
     ("metrics",),
     ("losses",),
-    ("sampling",),
+    ("sampling", "sampler_flags"),
     ("train",),
     ("pipeline",),
     ("evaluation",),
