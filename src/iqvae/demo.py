@@ -75,10 +75,10 @@ def sampling_settings(cond: str, temperature: float | None = None, cfg_scale: fl
     """How the demo samples ``cond``: the temperature, guidance scale and min-p of its ``quality-<cond>`` preset
     (issue 14's bar settings, :mod:`iqvae.bench.quality`) unless given (``min_p`` 0: off)."""
     from .bench.quality import quality_settings
-    from .sampling import validate_sampling_args
+    from .sampling import ArgNames, validate_sampling_args
 
     validate_sampling_args(None, None, 1.0 if temperature is None else temperature, min_p,
-                           names={"temperature": "--temperature", "min_p": "--min-p", "min_p_off": "0"})
+                           names=ArgNames(temperature="--temperature", min_p="--min-p", min_p_off="0"))
     q = quality_settings(f"quality-{cond}")
     return {"temperature": q.temperature if temperature is None else temperature,
             "cfg_scale": q.cfg_scale if cfg_scale is None else cfg_scale,

@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+#: How the checks name the flags of :func:`add_sampler_flags` (:class:`iqvae.sampling.ArgNames`'s fields; a plain
+#: dict so that the command line's --help need not import torch).
 FLAG_NAMES = {"top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature", "min_p": "--min-p",
-              "off": "omitted", "top_k_off": "0 / --no-top-k"}
+              "top_k_off": "0 / --no-top-k", "top_p_off": "omitted", "min_p_off": "0 or omitted"}
 
 
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
@@ -29,9 +31,9 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
 def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler's keyword arguments (top_k, top_p, min_p, temperature, guidance_scale) from the flags of
     :func:`add_sampler_flags`, validated; an error names the flag."""
-    from .sampling import validate_sampling_args
+    from .sampling import ArgNames, validate_sampling_args
 
     top_k = None if args.no_top_k or args.top_k == 0 else args.top_k
-    validate_sampling_args(top_k, args.top_p, args.temperature, args.min_p, names=FLAG_NAMES)
+    validate_sampling_args(top_k, args.top_p, args.temperature, args.min_p, names=ArgNames(**FLAG_NAMES))
     return {"top_k": top_k, "top_p": args.top_p, "min_p": args.min_p, "temperature": args.temperature,
             "guidance_scale": args.cfg_scale}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,23 +40,34 @@ import torch
 from .errors import IQVAEError
 
 
+@dataclass(frozen=True)
+class ArgNames:
+    """How :func:`validate_sampling_args` names each argument, and the value that turns it off, in its messages
+    (the Python API's by default; the command line passes its flags)."""
+
+    top_k: str = "top_k"
+    top_p: str = "top_p"
+    temperature: str = "temperature"
+    min_p: str = "min_p"
+    top_k_off: str = "None"
+    top_p_off: str = "None"
+    min_p_off: str = "0 or None"
+
+
 def validate_sampling_args(top_k: int | None, top_p: float | None, temperature: float,
-                           min_p: float | None = None, names: dict[str, str] | None = None) -> None:
+                           min_p: float | None = None, names: ArgNames = ArgNames()) -> None:
     """Raise :class:`IQVAEError` naming the argument when top_k < 1, top_p outside (0, 1], temperature <= 0 or
-    min_p outside [0, 1].  ``names`` renames arguments in the message (the command line's ``--top-k`` ...)."""
-    n = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature", "min_p": "min_p", "off": "None",
-         **(names or {})}
+    min_p outside [0, 1]; ``names`` says what the message calls each argument (:class:`ArgNames`)."""
+    n = names
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise IQVAEError(f"{n['top_k']} must be an integer >= 1 (or {n.get('top_k_off', n['off'])} to disable), "
-                         f"got {top_k!r}")
+        raise IQVAEError(f"{n.top_k} must be an integer >= 1 (or {n.top_k_off} to disable), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < float(top_p) <= 1.0):
-        raise IQVAEError(f"{n['top_p']} must be in (0, 1] (or {n['off']} to disable), got {top_p!r}")
+        raise IQVAEError(f"{n.top_p} must be in (0, 1] (or {n.top_p_off} to disable), got {top_p!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise IQVAEError(f"{n['temperature']} must be a number > 0, got {temperature!r}")
+        raise IQVAEError(f"{n.temperature} must be a number > 0, got {temperature!r}")
     if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, (int, float))
                               or not 0.0 <= float(min_p) <= 1.0):
-        raise IQVAEError(f"{n['min_p']} must be in [0, 1] ({n.get('min_p_off', '0 or ' + n['off'])} to disable), "
-                         f"got {min_p!r}")
+        raise IQVAEError(f"{n.min_p} must be in [0, 1] ({n.min_p_off} to disable), got {min_p!r}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
@@ -222,5 +234,5 @@ def generate_reference(model, cond: torch.Tensor, **sampling: Any):
     return _run(model, cond, step_logits, **settings)
 
 
-__all__ = ["check_guidance", "filter_logits", "generate", "generate_reference", "guided_logits", "sample_next",
+__all__ = ["ArgNames", "check_guidance", "filter_logits", "generate", "generate_reference", "guided_logits", "sample_next",
            "validate_sampling_args"]
