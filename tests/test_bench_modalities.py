@@ -88,6 +88,10 @@ def test_json_numbers_are_the_per_run_metrics(bench):
         timings = _read(bench / "runs" / cond / "timings.json")
         assert e["train_seconds"] == pytest.approx(sum(t["seconds"] for t in timings.values()), rel=1e-12)
         assert sorted(timings) == ["encode", "tokenizer", "transformer"] and e["train_resumed"] == []
+        # the regulariser's weight is each preset's (quality-seg sets 0.1, quality-text keeps the default 1)
+        assert e["settings"]["tokenizer"]["sgw_weight"] == {"seg": 0.1, "text": 1.0}[cond]
+    md = (bench / "results" / "modalities.md").read_text()
+    assert "| `quality-seg` |" in md and "lr 0.002, λ1 0.1 |" in md and "lr 0.002, λ1 1 |" in md
 
 
 def test_marks_follow_the_bar_table(bench):

@@ -51,7 +51,7 @@ def modality_entry(plan: Any, result: dict[str, Any], info: dict[str, Any]) -> d
         "conditions": p["conditions"], "samples": p["samples_per_condition"], "eval_seed": p["seed"],
         "split": p["split"], "resolution": p["resolution"],
         "tokenizer": {"steps": tok.train.steps, "batch_size": tok.train.batch_size, "lr": tok.train.lr,
-                      "train_size": tok.data.train_size},
+                      "train_size": tok.data.train_size, "sgw_weight": tok.loss.sgw_weight},
         "transformer": {"steps": gpt.train.steps, "batch_size": gpt.train.batch_size, "lr": gpt.train.lr,
                         "n_layer": gpt.model.n_layer, "n_embd": gpt.model.n_embd, "cfg_dropout": gpt.model.cfg_dropout},
         # the threads each stage trained with (timings.json): a --resume invocation with another --jobs reuses them
@@ -158,7 +158,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         tok, gpt = s["tokenizer"], s["transformer"]
         lines.append(
             f"| {cond} | `{s['preset']}` | {s['conditions']} × {s['samples']}, top-k {s['top_k']}, seed "
-            f"{s['eval_seed']} | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g} | "
+            f"{s['eval_seed']} | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g}"
+            + (f", λ1 {tok['sgw_weight']:g}" if tok.get("sgw_weight") is not None else "") + " | "
             f"{gpt['steps']} steps × {gpt['batch_size']}, lr {gpt['lr']:g}, GPT {gpt['n_layer']} × {gpt['n_embd']}, "
             f"cfg_dropout {gpt['cfg_dropout']:g} | " + " / ".join(_secs(ts.get(k)) for k in STAGES)
             + "".join(f" ({n} thread(s))" for n in sorted(set(s.get("train_threads", {}).values())
@@ -166,7 +167,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
             + " | " + (", ".join(f"`{a}`" for a in s["additions"]) or "none") + " |")
     lines += ["", "Our additions: options that add to the paper's model (docs/design.md, \"Options: the paper's and "
                   "ours\"); the `paper` preset uses none of them. `cond_cell_head=spatial` acts on seg, edge, "
-                  "keypoints and layout only."]
+                  "keypoints and layout only. λ1: the weight of the sliced-GW regulariser (`tokenizer.loss.sgw_weight`; the paper "
+                  "gives no value, so it is a setting, not an addition)."]
     if info["set"]:
         lines += ["", "Overrides on every preset: " + ", ".join(f"`{x}`" for x in info["set"]) + "."]
     swept = {c: e for c, e in entries.items() if e["guidance"]}
