@@ -226,6 +226,25 @@ def test_slowest_conditions_go_first(tmp_path):
     assert schedule([*plans, longer], {})[0].cond == "audio"
 
 
+def test_a_copied_work_folder_is_reused(bench, tmp_path, capsys):
+    """The stage-2 config names its codes folder by absolute path; the bench always puts it at RUN/codes, so a work
+    folder copied elsewhere is reused there (same metrics, nothing retrained), while a changed option is refused."""
+    import shutil
+
+    shutil.copytree(bench / "runs", tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs" / "seg" / f"eval-T{T:g}-s{S:g}")  # one evaluation redone in the copy
+    capsys.readouterr()
+    assert run_modalities_bench(_args(tmp_path, resume=True, jobs=1)) == 0
+    out = capsys.readouterr().out
+    assert "training reused" in out and "training tokenizer" not in out and "training transformer" not in out
+    assert f"seg: evaluating T={T:g} s={S:g}" in out
+    before, after = _read(bench / "results" / "modalities.json"), _read(tmp_path / "results" / "modalities.json")
+    for cond in CONDS:
+        assert all(after[cond][k] == before[cond][k] for k in METRICS)
+    with pytest.raises(IQVAEError, match="another configuration"):
+        run_modalities_bench(_args(tmp_path, resume=True, jobs=1, set=[*TINY, "transformer.train.lr=0.001"]))
+
+
 def test_resume_reuses_finished_runs_and_refuses_without_flag(bench, capsys):
     """Runs last: it re-writes the results with one worker."""
     files = [bench / "runs" / c / f for c in CONDS for f in ("stage1/tokenizer/model.safetensors",

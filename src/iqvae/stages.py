@@ -14,11 +14,13 @@ from typing import Any, Callable
 Say = Callable[[str], None]
 
 
-def check_same_config(run_dir: Path, cfg: Any, hint: str) -> None:
+def check_same_config(run_dir: Path, cfg: Any, hint: str, own_paths: tuple[str, ...] = ()) -> None:
     """Refuse to reuse or resume ``run_dir`` when its saved ``config.yaml`` differs from ``cfg`` (the thread count
     aside: it does not change what is trained); ``hint`` says what to do instead.  The saved config is read through
     ``cfg``'s dataclass, so an option added since then counts as its default (which keeps the old behaviour); an
-    option that no longer exists is a difference."""
+    option that no longer exists is a difference.  ``own_paths``: top-level keys naming a folder that the caller
+    always places at the same spot of its work folder (the modalities bench's ``codes``: ``RUN/codes``), which are
+    not compared, so that a work folder moved or copied elsewhere can still be reused."""
     import yaml
 
     from .config import from_dict, to_dict
@@ -29,7 +31,8 @@ def check_same_config(run_dir: Path, cfg: Any, hint: str) -> None:
         return
 
     def comparable(d: dict[str, Any]) -> dict[str, Any]:
-        return {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
+        return {**{k: v for k, v in d.items() if k not in own_paths},
+                "train": {k: v for k, v in d.get("train", {}).items() if k != "threads"}}
 
     try:
         old = comparable(to_dict(from_dict(type(cfg), yaml.safe_load(saved.read_text()))))

@@ -165,7 +165,7 @@ def run_modality(plan: ModalityPlan) -> dict[str, Any]:
     s1, codes, s2 = d / "stage1", d / "codes", d / "stage2"
     gpt = apply_overrides(plan.gpt, [f"codes={codes.resolve()}"])
     check_same_config(s1, plan.tok, _HINT)
-    check_same_config(s2, gpt, _HINT)
+    check_same_config(s2, gpt, _HINT, own_paths=("codes",))  # always d / "codes": a moved folder is reusable
     timings: dict[str, Any] = _read_json(d / "timings.json")
     log = lambda msg: say(f"{c}: {msg}")  # noqa: E731
     tok = _resume_threads(s1, "tokenizer", plan.tok, log)
