@@ -7,12 +7,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-#: How the checks name the flags of :func:`add_sampler_flags` (:class:`iqvae.sampling.ArgNames`'s fields; a plain
-#: dict so that the command line's --help need not import torch).
-FLAG_NAMES = {"top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature", "min_p": "--min-p",
-              "top_k_off": "0 / --no-top-k", "top_p_off": "omitted", "min_p_off": "0 or omitted"}
-
-
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     """Declare --top-k, --no-top-k, --top-p, --min-p, --temperature and --cfg-scale on ``p``."""
     p.add_argument("--top-k", type=int, default=100,
@@ -34,6 +28,8 @@ def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
     from .sampling import ArgNames, validate_sampling_args
 
     top_k = None if args.no_top_k or args.top_k == 0 else args.top_k
-    validate_sampling_args(top_k, args.top_p, args.temperature, args.min_p, names=ArgNames(**FLAG_NAMES))
+    validate_sampling_args(top_k, args.top_p, args.temperature, args.min_p, names=ArgNames(
+        top_k="--top-k", top_p="--top-p", temperature="--temperature", min_p="--min-p",
+        top_k_off="0 / --no-top-k", top_p_off="omitted", min_p_off="0 or omitted"))
     return {"top_k": top_k, "top_p": args.top_p, "min_p": args.min_p, "temperature": args.temperature,
             "guidance_scale": args.cfg_scale}

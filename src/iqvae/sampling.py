@@ -234,5 +234,5 @@ def generate_reference(model, cond: torch.Tensor, **sampling: Any):
     return _run(model, cond, step_logits, **settings)
 
 
-__all__ = ["ArgNames", "check_guidance", "filter_logits", "generate", "generate_reference", "guided_logits", "sample_next",
-           "validate_sampling_args"]
+__all__ = ["ArgNames", "check_guidance", "filter_logits", "generate", "generate_reference", "guided_logits",
+           "sample_next", "validate_sampling_args"]

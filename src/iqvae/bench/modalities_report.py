@@ -159,7 +159,7 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
         lines.append(
             f"| {cond} | `{s['preset']}` | {s['conditions']} × {s['samples']}, top-k {s['top_k']}, seed "
             f"{s['eval_seed']} | {tok['steps']} steps × {tok['batch_size']}, lr {tok['lr']:g}"
-            + (f", λ1 {tok['sgw_weight']:g}" if tok.get("sgw_weight") is not None else "") + " | "
+            + f", λ1 {tok['sgw_weight']:g} | "
             f"{gpt['steps']} steps × {gpt['batch_size']}, lr {gpt['lr']:g}, GPT {gpt['n_layer']} × {gpt['n_embd']}, "
             f"cfg_dropout {gpt['cfg_dropout']:g} | " + " / ".join(_secs(ts.get(k)) for k in STAGES)
             + "".join(f" ({n} thread(s))" for n in sorted(set(s.get("train_threads", {}).values())
@@ -167,8 +167,8 @@ def render_markdown(entries: dict[str, dict[str, Any]], info: dict[str, Any], gu
             + " | " + (", ".join(f"`{a}`" for a in s["additions"]) or "none") + " |")
     lines += ["", "Our additions: options that add to the paper's model (docs/design.md, \"Options: the paper's and "
                   "ours\"); the `paper` preset uses none of them. `cond_cell_head=spatial` acts on seg, edge, "
-                  "keypoints and layout only. λ1: the weight of the sliced-GW regulariser (`tokenizer.loss.sgw_weight`; the paper "
-                  "gives no value, so it is a setting, not an addition)."]
+                  "keypoints and layout only. λ1: the weight of the sliced-GW regulariser "
+                  "(`tokenizer.loss.sgw_weight`; the paper gives no value, so it is a setting, not an addition)."]
     if info["set"]:
         lines += ["", "Overrides on every preset: " + ", ".join(f"`{x}`" for x in info["set"]) + "."]
     swept = {c: e for c, e in entries.items() if e["guidance"]}
