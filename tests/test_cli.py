@@ -110,7 +110,7 @@ def test_demo_trains_a_condition_with_its_own_preset_where_one_exists():
     from iqvae.train.tokenizer import TokenizerRunConfig
 
     assert [demo_preset("demo", c) for c in ("seg", "edge", "keypoints", "text", "layout")] == [
-        "demo", "demo-edge", "demo-keypoints", "demo-text", "demo"]
+        "demo-seg", "demo-edge", "demo-keypoints", "demo-text", "demo"]
     assert demo_preset("demo-quick", "edge") == "demo-quick"
     edge = build_config(TokenizerRunConfig, "tokenizer", preset="demo-edge")
     base = build_config(TokenizerRunConfig, "tokenizer", preset="demo")
@@ -119,6 +119,27 @@ def test_demo_trains_a_condition_with_its_own_preset_where_one_exists():
     assert (quality.model.cond_cell_target, quality.model.cond_num_codes) == ("colour_bins", 256)
     assert (base.model.cond_cell_target, base.model.cond_num_codes) == ("condition", 64)
     assert edge.train == base.train and edge.data == base.data  # only the condition codes differ
+    seg = build_config(TokenizerRunConfig, "tokenizer", preset="demo-seg")
+    assert seg == base  # demo-seg only says how the demo samples seg
+
+
+def test_demo_samples_with_its_own_preset_settings_where_it_has_them():
+    """A condition's demo preset with a `quality:` section (demo-seg, demo-edge: chosen on the val split for the demo's
+    models) sets how the demo samples it; one without (demo-keypoints, or `--quick`'s demo-quick) falls back to the
+    condition's quality preset; a flag still wins."""
+    from iqvae.bench.quality import quality_settings
+    from iqvae.demo import sampling_preset, sampling_settings
+
+    assert [sampling_preset(c) for c in ("seg", "edge", "keypoints", "layout")] == [
+        "demo-seg", "demo-edge", "quality-keypoints", "quality-layout"]
+    assert [sampling_preset(c, "demo-quick") for c in ("seg", "edge")] == ["quality-seg", "quality-edge"]
+    for cond, name in (("seg", "demo-seg"), ("edge", "demo-edge"), ("keypoints", "quality-keypoints")):
+        q = quality_settings(name)
+        assert sampling_settings(cond) == {"temperature": q.temperature, "cfg_scale": q.cfg_scale, "min_p": q.min_p}
+    assert (sampling_settings("seg")["temperature"], sampling_settings("seg")["cfg_scale"]) == (0.5, 1.25)
+    assert quality_settings("quality-seg").cfg_scale == 1.5  # so the demo's own choice is what the test above saw
+    assert sampling_settings("seg", temperature=0.9, cfg_scale=1.0) == {"temperature": 0.9, "cfg_scale": 1.0,
+                                                                        "min_p": None}
 
 
 def test_demo_quick_end_to_end_and_reuse(tmp_path):
@@ -140,7 +161,8 @@ def test_demo_quick_end_to_end_and_reuse(tmp_path):
 
     from iqvae.bench.quality import QUALITY_BARS, quality_settings
 
-    for cond in ("seg", "edge", "keypoints"):  # sampled with the quality-<cond> preset's temperature and guidance scale
+    for cond in ("seg", "edge", "keypoints"):  # --quick: sampled with the quality-<cond> preset's T and guidance scale
+        assert metrics[cond]["sampling_preset"] == f"quality-{cond}"
         q = quality_settings(f"quality-{cond}")
         assert (metrics[cond]["temperature"], metrics[cond]["cfg_scale"], metrics[cond]["min_p"]) == (
             q.temperature, q.cfg_scale, q.min_p)
