@@ -117,6 +117,10 @@ def test_cells_on_both_sides_of_a_bar():
     assert cell("seg", "mode_coverage", None) == "n/a ≥ 0.85 ✗"
     assert cell("text", "palette_accuracy", 0.5) == "(0.500)"
     assert cell("text", "scene_accuracy", 0.7) == "0.700 ≥ 0.7 ✓"
+    # a miss that three decimals would round up to the bar shows the digits that tell it apart
+    assert cell("audio", "scene_accuracy", 0.6995442708333333) == "0.6995 ≥ 0.7 ✗"
+    assert cell("audio", "scene_accuracy", 0.69999) == "0.69999 ≥ 0.7 ✗"
+    assert cell("audio", "scene_accuracy", 0.6994) == "0.699 ≥ 0.7 ✗"
 
 
 def test_unguided_sweep_point_equals_an_unguided_evaluation(bench):

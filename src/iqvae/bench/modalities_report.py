@@ -73,9 +73,17 @@ def modality_entry(plan: Any, result: dict[str, Any], info: dict[str, Any]) -> d
 
 
 def cell(cond: str, key: str, value: float | None) -> str:
-    """A table cell: ``value ≥ bar ✓|✗`` where the condition has a bar on ``key``, else ``(value)``."""
-    v = "n/a" if value is None else f"{value:.3f}"
+    """A table cell: ``value ≥ bar ✓|✗`` where the condition has a bar on ``key``, else ``(value)``.
+
+    Three decimals, more where three would round a missed bar up to it (0.6995 shows as 0.6995, not 0.700)."""
     bar = QUALITY_BARS[cond].get(key)
+    if value is None:
+        v = "n/a"
+    else:
+        digits = 3
+        while bar is not None and digits < 8 and not meets(value, bar) and round(value, digits) >= bar:
+            digits += 1
+        v = f"{value:.{digits}f}"
     if bar is None:
         return f"({v})"
     return f"{v} ≥ {bar:g} {'✓' if meets(value, bar) else '✗'}"
