@@ -1,8 +1,8 @@
-import time, sys, torch
+import os, time, sys, torch
 from iqvae.models.gpt import GPT, GPTConfig, GPTOptions
 from iqvae.train.gumbel import GumbelConfig, training_loss
 torch.set_num_threads(1)
-opts = GPTOptions(n_layer=2, n_head=4, n_embd=128, pos_init="spatial", cond_align=True, above_input=True,
+opts = GPTOptions(n_layer=int(os.environ.get("NL", 2)), n_head=4, n_embd=int(os.environ.get("NE", 128)), pos_init="spatial", cond_align=True, above_input=True,
                   above_window=3, cfg_dropout=0.1)
 meta = {"cond_vocab": 64, "image_vocab": 128, "n_cond": 256, "n_image": 256, "tokens_shape": [16, 16]}
 cfg = GPTConfig.from_options(opts, meta)

@@ -1,4 +1,4 @@
-"""Ad hoc: evaluate a demo pipeline folder on the val split at several (T, s); prints one line each."""
+"""Ad hoc (session 19, scene metrics added in session 20): evaluate a pipeline folder on the val split at several (T, s); prints one line each."""
 import sys, json, torch
 from iqvae.data.config import build_dataset
 from iqvae.evaluation.samples import draw_samples, shapes_metrics
@@ -15,4 +15,4 @@ for arg in sys.argv[4:]:
                        temperature=T, guidance_scale=s, min_p=mp)
     m = shapes_metrics(smp, [val[i].cond["seg"] for i in smp.indices])
     print(json.dumps({"run": d, "cond": cond, "T": T, "s": s, "min_p": mp, **{k: round(m[k], 4) for k in
-          ("palette_accuracy", "mask_miou", "mode_coverage")}}), flush=True)
+          ("palette_accuracy", "mask_miou", "mode_coverage", "scene_accuracy", "scene_mode_coverage")}}), flush=True)
